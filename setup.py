@@ -1,0 +1,49 @@
+"""One ament_python package, ``magicfuse_ros``, that also installs the ROS-free
+``magicfuse_core`` library, so that both ``colcon build`` in a ROS 2 workspace and
+``pip install -e .`` in a virtualenv work from this one file."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "magicfuse_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["magicfuse_core", "magicfuse_core.*", "magicfuse_ros", "magicfuse_ros.*"]),
+    package_data={"magicfuse_core": ["assets/*.json", "assets/*.yaml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json")),
+        (f"share/{PACKAGE}/models/demo", glob("models/demo/*")),
+        (f"share/{PACKAGE}/samples/msrs", glob("samples/msrs/*.png")),
+    ],
+    # Runtime needs of the core. rclpy and the message packages come from the ROS
+    # install (package.xml) or, in our virtualenv, from requirements-ros.txt.
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "safetensors",
+        "Pillow",
+        "opencv-python-headless",
+        "tqdm",
+        "PyYAML",
+        "jsonschema",
+        "rosbags",
+    ],
+    extras_require={"onnx": ["onnx", "onnxruntime"], "report": ["matplotlib"]},
+    zip_safe=True,
+    maintainer="MagicFuse ROS developers",
+    maintainer_email="magicfuse-ros@example.org",
+    description="MagicFuse single-image visible/thermal fusion: core library and ROS 2 node",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "magicfuse = magicfuse_core.cli:main",
+            "magicfuse_node = magicfuse_ros.node:main",
+        ],
+    },
+)
