@@ -1,0 +1,152 @@
+"""The shared latent autoencoder (SPEC §2).
+
+RGB in [0, 1] -> 8-channel latent at H/4 x W/4 in [0, 1] (sigmoid) -> RGB in [0, 1].
+Diffusion works on 2z - 1; `to_diffusion` / `from_diffusion` do that mapping.
+
+The encoder concatenates 32 channels of standard-normal noise half way through,
+so encoding is stochastic. Callers pass that noise explicitly (`noise=`) or a
+`torch.Generator` (`generator=`) to make results reproducible.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class AutoencoderConfig:
+    channels: int = 32
+    latent_channels: int = 8
+    noise_channels: int = 32
+    num_res_blocks: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _ConvBlock(nn.Sequential):
+    """conv3x3 -> [InstanceNorm] -> activation; the conv is index 0 (checkpoint layout)."""
+
+    def __init__(self, cin: int, cout: int, act: nn.Module, norm: bool = True, kernel: int = 3, stride: int = 1):
+        layers = [nn.Conv2d(cin, cout, kernel, stride, padding=1)]
+        if norm:
+            layers.append(nn.InstanceNorm2d(cout, affine=False))
+        layers.append(act)
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two [conv3x3, InstanceNorm, act] with an identity skip."""
+
+    def __init__(self, channels: int, act: type[nn.Module], **act_kwargs):
+        super().__init__()
+        self.blocks = nn.Sequential(
+            _ConvBlock(channels, channels, act(**act_kwargs)),
+            _ConvBlock(channels, channels, act(**act_kwargs)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.blocks(x)
+
+
+def _res_stack(channels: int, n: int, act: type[nn.Module], **act_kwargs) -> nn.Sequential:
+    return nn.Sequential(*[ResidualBlock(channels, act, **act_kwargs) for _ in range(n)])
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) in [0, 1] -> (B, 8, H/4, W/4) in [0, 1]. H and W must be multiples of 4."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        c, lrelu = cfg.channels, dict(negative_slope=0.2)
+        self.noise_channels = cfg.noise_channels
+        self.imgconv = _ConvBlock(3, c, nn.LeakyReLU(**lrelu))
+        self.resnet1 = _res_stack(c, cfg.num_res_blocks, nn.LeakyReLU, **lrelu)
+        self.downsample1 = _ConvBlock(c, c, nn.LeakyReLU(**lrelu), kernel=4, stride=2)
+        self.resnet2 = _res_stack(c, cfg.num_res_blocks, nn.LeakyReLU, **lrelu)
+        self.downsample2 = _ConvBlock(c, c, nn.LeakyReLU(**lrelu), kernel=4, stride=2)
+        self.noiseconv = _ConvBlock(c + cfg.noise_channels, c, nn.LeakyReLU(**lrelu))
+        self.resnet3 = _res_stack(c, cfg.num_res_blocks, nn.LeakyReLU, **lrelu)
+        self.out = nn.Sequential(nn.Conv2d(c, cfg.latent_channels, 3, padding=1), nn.Sigmoid())
+
+    def noise_shape(self, image: torch.Tensor) -> tuple[int, ...]:
+        b, _, h, w = image.shape
+        return (b, self.noise_channels, h // 4, w // 4)
+
+    def forward(self, image: torch.Tensor, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        if image.shape[-2] % 4 or image.shape[-1] % 4:
+            raise ValueError(f"encoder input H and W must be multiples of 4, got {tuple(image.shape[-2:])}")
+        h = self.resnet1(self.imgconv(image))
+        h = self.resnet2(self.downsample1(h))
+        h = self.downsample2(h)
+        if noise is None:
+            noise = torch.randn(self.noise_shape(image), generator=generator, device=image.device, dtype=h.dtype)
+        elif tuple(noise.shape) != tuple(h.shape[:1]) + (self.noise_channels,) + tuple(h.shape[2:]):
+            raise ValueError(f"encoder noise must be {(h.shape[0], self.noise_channels, *h.shape[2:])}, got {tuple(noise.shape)}")
+        h = self.noiseconv(torch.cat([h, noise.to(h)], dim=1))
+        return self.out(self.resnet3(h))
+
+
+class _Upsample(nn.Sequential):
+    """Bilinear x2, conv3x3, ReLU; the conv is index 1 (checkpoint layout)."""
+
+    def __init__(self, c: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                         nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+
+
+class Decoder(nn.Module):
+    """(B, 8, h, w) in [0, 1] -> (B, 3, 4h, 4w) in [0, 1]."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        c = cfg.channels
+        self.input = nn.Sequential(nn.Conv2d(cfg.latent_channels, c, 3, padding=1), nn.ReLU())
+        self.resnet1 = _res_stack(c, cfg.num_res_blocks, nn.ReLU)
+        self.upsample1 = _Upsample(c)
+        self.resnet2 = _res_stack(c, cfg.num_res_blocks, nn.ReLU)
+        self.upsample2 = _Upsample(c)
+        self.resnet3 = _res_stack(c, cfg.num_res_blocks, nn.ReLU)
+        self.deconv = nn.Sequential(nn.Conv2d(c, 3, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        h = self.resnet1(self.input(latent))
+        h = self.resnet2(self.upsample1(h))
+        h = self.resnet3(self.upsample2(h))
+        return self.deconv(h)
+
+
+class Autoencoder(nn.Module):
+    """Encoder + decoder sharing one latent space for all three diffusion streams."""
+
+    def __init__(self, cfg: AutoencoderConfig | None = None):
+        super().__init__()
+        self.config = cfg or AutoencoderConfig()
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+
+    def encode(self, image: torch.Tensor, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> (B,8,H/4,W/4) in [0,1]."""
+        return self.encoder(image, noise=noise, generator=generator)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B,8,h,w) in [0,1] -> (B,3,4h,4w) in [0,1]."""
+        return self.decoder(latent)
+
+    @staticmethod
+    def to_diffusion(latent: torch.Tensor) -> torch.Tensor:
+        """[0, 1] latent -> [-1, 1] diffusion space."""
+        return latent * 2.0 - 1.0
+
+    @staticmethod
+    def from_diffusion(z: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] diffusion space -> [0, 1] latent, clamped as the decoder expects."""
+        return ((z + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def decode_diffusion(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.from_diffusion(z))

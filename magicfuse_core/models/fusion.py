@@ -1,0 +1,183 @@
+"""Multi-domain knowledge fusion network F with its segmentation head S (SPEC §4).
+
+At every DDIM step F sees the two streams' clean-latent estimates, the fused
+stream's current sample and both predicted noises, and returns a per-pixel
+weight w that mixes the noises. S folds F's attention features into a 9-class
+segmentation state s that is carried from step to step; where s says "thermal
+class" (radiation_mask), w is capped at tau so the generated-infrared stream
+dominates there (weight correction w_r).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..palette import DEFAULT_THERMAL_CLASSES
+from .embeddings import ddpm_timestep_embedding
+
+
+@dataclass
+class FusionConfig:
+    latent_channels: int = 8
+    channels: int = 96
+    num_blocks: int = 5
+    num_classes: int = 9
+    groups: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fusion config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+PROFILES: dict[str, FusionConfig] = {
+    "paper": FusionConfig(),
+    "tiny": FusionConfig(channels=32, num_blocks=2, groups=8),
+}
+
+
+def radiation_mask(seg_state: torch.Tensor, thermal_classes=DEFAULT_THERMAL_CLASSES) -> torch.Tensor:
+    """(B, K, h, w) segmentation state -> (B, 1, h, w) float mask, 1 where argmax is a thermal class."""
+    labels = seg_state.argmax(dim=1, keepdim=True)
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for c in thermal_classes:
+        mask |= labels == c
+    return mask.to(seg_state.dtype)
+
+
+def correct_weight(w: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+    """w_r = M * min(w, tau) + (1 - M) * w: never let the visible stream dominate a hot target."""
+    return torch.where(mask.bool(), w.clamp(max=tau), w)
+
+
+def fuse_noise(w: torch.Tensor, eps_ikr: torch.Tensor, eps_ckg: torch.Tensor) -> torch.Tensor:
+    """eps_f = w * eps_ikr + (1 - w) * eps_ckg."""
+    return w * eps_ikr + (1.0 - w) * eps_ckg
+
+
+class TimeResBlock(nn.Module):
+    """GroupNorm -> swish -> conv, + time projection, GroupNorm -> swish -> conv, identity skip."""
+
+    def __init__(self, channels: int, temb_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, channels)
+        self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(_norm32(self.norm1, x)))
+        h = h + self.temb_proj(F.silu(temb)).to(h.dtype)[..., None, None]
+        h = self.conv2(F.silu(_norm32(self.norm2, h)))
+        return x + h
+
+
+def _norm32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return norm(x.float()).to(x.dtype)
+
+
+class SpatialSelfAttention(nn.Module):
+    """Single-head self-attention over all h*w latent positions, 1x1 conv projections, residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = _norm32(self.norm, x)
+        q, k, v = (proj(n).flatten(2).transpose(1, 2)[:, None] for proj in (self.q, self.k, self.v))
+        # (B, 1, N, C): SDPA never materialises the N x N score matrix on GPU kernels that fuse it.
+        out = F.scaled_dot_product_attention(q, k, v)[:, 0]
+        return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+class FusionBlock(nn.Module):
+    def __init__(self, channels: int, latent_channels: int, temb_dim: int, groups: int):
+        super().__init__()
+        self.res1 = TimeResBlock(channels, temb_dim, groups)
+        self.res2 = TimeResBlock(channels, temb_dim, groups)
+        self.mlp = nn.Sequential(nn.Conv2d(channels + 2 * latent_channels, 2 * channels, 1), nn.SiLU(),
+                                 nn.Conv2d(2 * channels, channels, 1))
+        self.att = SpatialSelfAttention(channels, groups)
+
+    def forward(self, h, temb, eps_ikr, eps_ckg):
+        """Returns (h, [feature after the residual pair, feature after attention])."""
+        h = self.res2(self.res1(h, temb), temb)
+        after_res = h
+        h = self.mlp(torch.cat([h, eps_ikr, eps_ckg], dim=1))
+        h = self.att(h)
+        return h, (after_res, h)
+
+
+class FusionNet(nn.Module):
+    """(x24, eps_ikr, eps_ckg, t, seg_state) -> (w, seg_state_next).
+
+    x24 = concat(z0_ikr, z0_ckg, z_t_fused): (B, 24, h, w); eps_*: (B, 8, h, w);
+    t: (B,) float timesteps; seg_state: (B, 9, h, w). w: (B, 8, h, w), unbounded
+    (the reference applies no sigmoid); seg_state_next: (B, 9, h, w) logits.
+    """
+
+    def __init__(self, cfg: FusionConfig | None = None):
+        super().__init__()
+        cfg = cfg or FusionConfig()
+        self.config = cfg
+        c, lc, k = cfg.channels, cfg.latent_channels, cfg.num_classes
+        temb_dim = 4 * c
+        self.time_embed = nn.Sequential(nn.Linear(c, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.inconv = nn.Sequential(nn.Conv2d(3 * lc, c, 3, padding=1), nn.SiLU())
+        self.blocks = nn.ModuleList([FusionBlock(c, lc, temb_dim, cfg.groups) for _ in range(cfg.num_blocks)])
+        self.normout = nn.Conv2d(c, lc, 1)
+        self.estimate = nn.Sequential(nn.Conv2d(3 * lc, c, 3, padding=1), nn.Conv2d(c, lc, 3, padding=1))
+        self.segproj = nn.ModuleList([nn.Conv2d(c + k, k, 3, padding=1) for _ in range(2 * cfg.num_blocks)])
+
+    def forward(self, x24, eps_ikr, eps_ckg, t, seg_state):
+        if t.dim() == 0:
+            t = t.expand(x24.shape[0])
+        temb = self.time_embed(ddpm_timestep_embedding(t, self.config.channels).to(x24.dtype))
+        h = self.inconv(x24)
+        s = seg_state
+        fold = iter(self.segproj)
+        for block in self.blocks:
+            h, features = block(h, temb, eps_ikr, eps_ckg)
+            for feature in features:
+                s = next(fold)(torch.cat([feature, s], dim=1))
+        w = self.estimate(torch.cat([self.normout(h), eps_ikr, eps_ckg], dim=1))
+        return w, s
+
+
+class FusionModule(nn.Module):
+    """FusionNet plus the radiation-map weight correction and the noise mix: the
+    reference's fusion call, `net(x24, eps_ikr, eps_ckg, t, seg_state)` ->
+    `(eps_fused, seg_logits_full, seg_state_next)`, where seg_logits_full is the
+    state bilinearly up-sampled x4 to image size.
+    """
+
+    def __init__(self, net: FusionNet, tau: float = 0.4, thermal_classes=DEFAULT_THERMAL_CLASSES):
+        super().__init__()
+        self.net = net
+        self.tau = float(tau)
+        self.thermal_classes = tuple(thermal_classes)
+
+    def forward(self, x24, eps_ikr, eps_ckg, t, seg_state):
+        w, s = self.net(x24, eps_ikr, eps_ckg, t, seg_state)
+        w_r = correct_weight(w, radiation_mask(s, self.thermal_classes), self.tau)
+        return fuse_noise(w_r, eps_ikr, eps_ckg), upsample_logits(s), s
+
+
+def upsample_logits(seg_state: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) latent-size logits -> (B, K, 4h, 4w), bilinear (image size)."""
+    return F.interpolate(seg_state, scale_factor=4.0, mode="bilinear", align_corners=False)
