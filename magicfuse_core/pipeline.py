@@ -19,7 +19,8 @@ count, so halving each side makes it 16 times cheaper.
 
 Seeding: the encoder noise, z_T and seg_T of image i are drawn on the CPU from a
 generator seeded with `seed + i` (or `seeds[i]`), so a frame's result depends on
-its seed only, not on the device, the batch size or its batch neighbours.
+its seed only, not on the batch size or its batch neighbours (up to the rounding
+of batched kernels: at most one grey level).
 """
 from __future__ import annotations
 
@@ -124,8 +125,15 @@ class MagicFusePipeline:
     # ---- construction -------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "cpu", backend: str = "torch",
-                        steps: int | None = None, inference_size: tuple[int, int] | None = None) -> "MagicFusePipeline":
-        pipe = cls(load_model(Path(model_dir), device="cpu"), device=device, steps=steps, inference_size=inference_size)
+                        steps: int | None = None, inference_size="auto") -> "MagicFusePipeline":
+        """inference_size: (H, W); None for native resolution; "auto" for the size the
+        model records in `info.inference_size` (native if it records none)."""
+        model = load_model(Path(model_dir), device="cpu")
+        if isinstance(inference_size, str):
+            if inference_size != "auto":
+                raise ValueError(f"inference_size must be (H, W), None or 'auto', got {inference_size!r}")
+            inference_size = model.info.get("inference_size")
+        pipe = cls(model, device=device, steps=steps, inference_size=inference_size)
         if backend != "torch":
             from .runtime import apply_backend  # noqa: PLC0415 (optional backends load lazily)
             apply_backend(pipe, backend)

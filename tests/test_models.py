@@ -1,0 +1,86 @@
+"""Model construction: paper sizes, autoencoder noise control, shapes, radiation correction."""
+import pytest
+import torch
+
+from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
+from magicfuse_core.models.fusion import FusionNet, FusionModule, PROFILES as FUSION_PROFILES, correct_weight, radiation_mask
+from magicfuse_core.models.unet import ConditionalUNet, count_parameters, unet_config
+from magicfuse_core.palette import class_ids
+
+
+@pytest.mark.parametrize("profile,millions", [("ikr_paper", 39.65), ("ckg_paper", 517.67)])
+def test_paper_denoisers_have_the_papers_parameter_count(profile, millions):
+    with torch.device("meta"):  # count without allocating 2 GB
+        net = ConditionalUNet(unet_config(profile))
+    assert abs(count_parameters(net) / 1e6 - millions) < 0.01
+
+
+def test_paper_fusion_network_has_2_74_million_parameters():
+    with torch.device("meta"):
+        net = FusionNet(FUSION_PROFILES["paper"])
+    assert abs(count_parameters(net) / 1e6 - 2.74) < 0.01
+
+
+def test_encoder_is_reproducible_from_a_generator_and_from_explicit_noise():
+    ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1)).eval()
+    img = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        a = ae.encode(img, generator=torch.Generator().manual_seed(5))
+        b = ae.encode(img, generator=torch.Generator().manual_seed(5))
+        c = ae.encode(img, generator=torch.Generator().manual_seed(6))
+        noise = torch.randn(ae.encoder.noise_shape(img), generator=torch.Generator().manual_seed(5))
+        d = ae.encode(img, noise=noise)
+    assert a.shape == (2, 8, 4, 6) and 0 <= a.min() and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, d)
+    assert not torch.equal(a, c), "the injected noise must matter"
+
+
+def test_encoder_rejects_wrong_noise_shape_and_sizes_not_multiple_of_4():
+    ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1))
+    with pytest.raises(ValueError, match="noise"):
+        ae.encode(torch.rand(1, 3, 16, 16), noise=torch.randn(1, 32, 3, 3))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        ae.encode(torch.rand(1, 3, 18, 16))
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (15, 20), (9, 13)])
+def test_unet_keeps_the_latent_size_for_any_input(h, w):
+    net = ConditionalUNet(unet_config("tiny")).eval()
+    with torch.no_grad():
+        eps = net(torch.randn(2, 16, h, w), torch.tensor([960.0, 0.0]))
+    assert eps.shape == (2, 8, h, w)
+
+
+def test_radiation_correction_caps_w_only_on_thermal_classes():
+    seg = torch.full((1, 9, 2, 2), -5.0)
+    seg[0, 2, 0, 0] = 5.0   # person
+    seg[0, 1, 0, 1] = 5.0   # car
+    seg[0, 0, 1, :] = 5.0   # unlabelled
+    w = torch.full((1, 8, 2, 2), 0.9)
+    person_only = correct_weight(w, radiation_mask(seg, class_ids(["person"])), tau=0.4)
+    assert person_only[0, :, 0, 0].eq(0.4).all() and person_only[0, :, 0, 1].eq(0.9).all()
+    person_car = correct_weight(w, radiation_mask(seg, class_ids(["person", "car"])), tau=0.4)
+    assert person_car[0, :, 0, 1].eq(0.4).all() and person_car[0, :, 1, :].eq(0.9).all()
+    low = torch.full_like(w, 0.1)  # below tau stays untouched
+    torch.testing.assert_close(correct_weight(low, radiation_mask(seg), 0.4), low)
+
+
+def test_fusion_module_mixes_noises_with_the_corrected_weight():
+    torch.manual_seed(0)
+    net = FusionNet(FUSION_PROFILES["tiny"]).eval()
+    x, e1, e2, t, s = torch.randn(1, 24, 6, 8), torch.randn(1, 8, 6, 8), torch.randn(1, 8, 6, 8), torch.tensor([40.0]), torch.randn(1, 9, 6, 8)
+    with torch.no_grad():
+        w, s_next = net(x, e1, e2, t, s)
+        eps, full, s2 = FusionModule(net, tau=0.4, thermal_classes=(2,))(x, e1, e2, t, s)
+    w_r = correct_weight(w, radiation_mask(s_next, (2,)), 0.4)
+    torch.testing.assert_close(eps, w_r * e1 + (1 - w_r) * e2)
+    assert full.shape == (1, 9, 24, 32)
+    torch.testing.assert_close(s2, s_next)
+
+
+def test_unknown_class_names_are_refused():
+    with pytest.raises(ValueError, match="unknown MFNet class"):
+        class_ids(["pedestrian"])
+    with pytest.raises(ValueError):
+        class_ids([12])
