@@ -11,14 +11,16 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=["magicfuse_core", "magicfuse_core.*", "magicfuse_ros", "magicfuse_ros.*"]),
-    package_data={"magicfuse_core": ["assets/*.json", "assets/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json")),
         (f"share/{PACKAGE}/models/demo", glob("models/demo/*")),
-        (f"share/{PACKAGE}/samples/msrs", glob("samples/msrs/*.png")),
+        (f"share/{PACKAGE}/samples/msrs", glob("samples/msrs/*.md") + glob("samples/msrs/*.csv")),
+        (f"share/{PACKAGE}/samples/msrs/vis", glob("samples/msrs/vis/*.png")),
+        (f"share/{PACKAGE}/samples/msrs/ir", glob("samples/msrs/ir/*.png")),
+        (f"share/{PACKAGE}/samples/msrs/det", glob("samples/msrs/det/*.txt")),
     ],
     # Runtime needs of the core. rclpy and the message packages come from the ROS
     # install (package.xml) or, in our virtualenv, from requirements-ros.txt.
