@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..paths import default_model_dir
 
+RANDOM_TINY_SIZE = (120, 160)
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'240x320' -> (240, 320) as (height, width)."""
@@ -41,8 +43,9 @@ def load_pipeline(args):
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     model_dir = args.model if args.model is not None else default_model_dir()
     if model_dir is None or str(model_dir) == "random-tiny":
+        # Untrained nets show only the plumbing: run them small unless told otherwise.
         pipe = MagicFusePipeline.random("tiny", seed=0, device=args.device, steps=args.steps,
-                                        inference_size=args.size)
+                                        inference_size=args.size or RANDOM_TINY_SIZE)
         why = "no bundled model found" if model_dir is None else "--model random-tiny"
         print(f"WARNING: the weights are UNTRAINED (random tiny networks, {why}): outputs show the plumbing, "
               "not MagicFuse's quality.", file=sys.stderr)

@@ -1,0 +1,525 @@
+"""The real node as a subprocess, driven through real rclpy (Kilted wheels, Fast DDS).
+
+One node (random tiny networks, 2 sampling steps, one CPU thread) serves most tests
+of this module; frames go in best effort like a camera driver, outputs come back
+through reliable subscribers. Each test process uses its own ROS domain (from its
+pid) and namespace, and discovery stays on this host, so concurrent runs do not
+hear each other. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (requirements-ros.txt) not installed")
+cv2 = pytest.importorskip("cv2")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Float64, String  # noqa: E402
+from test_ros_conversions import image_msg  # noqa: E402
+
+from magicfuse_core.palette import MFNET_CLASSES, NUM_CLASSES, colorize  # noqa: E402
+from magicfuse_ros import conversions  # noqa: E402
+from magicfuse_ros.live_replay import NodeProcess, RosClient, default_domain_id, output_topics  # noqa: E402
+from magicfuse_ros.params import PARAM_FILE as PARAM_FILE_NAME, find_share_path  # noqa: E402
+
+DOMAIN = default_domain_id()
+NAMESPACE = f"/test_node_{os.getpid()}"
+TOPICS = output_topics(NAMESPACE)
+H, W = 64, 80
+MAX_PIXELS = H * W * 2
+START_TIMEOUT = 120.0   # python + torch import + warm-up on a loaded 2-core machine
+FRAME_TIMEOUT = 60.0
+NODE_PARAMS = {
+    "model_path": "random-tiny",
+    "steps": 2,
+    "device": "cpu",
+    "cpu_threads": 1,
+    "max_input_age_ms": 5000.0,
+    "max_input_pixels": MAX_PIXELS,
+    "subscribe_compressed": True,
+    "diagnostics_period_s": 0.3,
+}
+PARAM_FILE = find_share_path(PARAM_FILE_NAME)
+RNG = np.random.default_rng(11)
+PICTURE = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+class Harness:
+    """The client side of a running node: publishers, recorders and waits."""
+
+    def __init__(self, client: RosClient, process: NodeProcess, topics: dict, reliable_input: bool = False):
+        self.client, self.process, self.topics = client, process, topics
+        self.image_pub = client.publisher(Image, topics["input"], reliable=reliable_input)
+        self.compressed_pub = client.publisher(CompressedImage, topics["input_compressed"])
+        self.out = {kind: client.recorder(Image, topics[kind]) for kind in ("magimg", "segmentation")}
+        self.counters = client.recorder(String, topics["counters"], depth=5)
+        self.processing_ms = client.recorder(Float64, topics["processing_time_ms"], depth=50)
+        self.latency_ms = client.recorder(Float64, topics["pipeline_latency_ms"], depth=50)
+        self._last_stamp_ns = 0
+
+    def start(self) -> "Harness":
+        self.process.start()
+        ready = self.client.wait_until(lambda: self.image_pub.get_subscription_count() > 0, START_TIMEOUT, poll=0.1,
+                                       while_alive=self.process)
+        if not ready:
+            self.process.stop()
+            pytest.fail(f"the node did not become ready (exit {self.process.process.returncode}):\n{self.process.log()[-4000:]}")
+        self.client.wait_until(lambda: all(r.subscription.get_publisher_count() for r in self.out.values()), 10.0)
+        return self
+
+    def stamp(self) -> Time:
+        """A fresh stamp, strictly later than the previous one (outputs are matched by stamp)."""
+        now = self.client.node.get_clock().now().nanoseconds
+        self._last_stamp_ns = max(now, self._last_stamp_ns + 1000)
+        return Time(sec=self._last_stamp_ns // 10**9, nanosec=self._last_stamp_ns % 10**9)
+
+    def frame(self, payload=PICTURE, encoding="rgb8", frame_id="camera_front", **kwargs) -> Image:
+        msg = image_msg(payload, encoding, **kwargs)
+        msg.header.stamp, msg.header.frame_id = self.stamp(), frame_id
+        return msg
+
+    @staticmethod
+    def stamp_ns(msg) -> int:
+        return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+    def outputs_for(self, stamp_ns: int, recorders: dict | None = None) -> dict:
+        recorders = self.out if recorders is None else recorders
+        return {kind: [m for m in r.messages if self.stamp_ns(m) == stamp_ns] for kind, r in recorders.items()}
+
+    def send_and_wait(self, msg, recorders: dict | None = None, timeout: float = FRAME_TIMEOUT) -> dict:
+        """Publish `msg` and return {kind: output message} once every recorder has one for its stamp."""
+        recorders = self.out if recorders is None else recorders
+        stamp_ns = self.stamp_ns(msg)
+        (self.compressed_pub if isinstance(msg, CompressedImage) else self.image_pub).publish(msg)
+        got = self.client.wait_until(lambda: all(self.outputs_for(stamp_ns, recorders).values()), timeout,
+                                     while_alive=self.process)
+        assert got, f"no output for the frame within {timeout} s; node log:\n{self.process.log()[-3000:]}"
+        return {kind: msgs[0] for kind, msgs in self.outputs_for(stamp_ns, recorders).items()}
+
+    def fresh_counters(self, timeout: float = 10.0) -> dict:
+        """The node's counters from a report published after this call."""
+        before = len(self.counters)
+        assert self.client.wait_until(lambda: len(self.counters) > before, timeout, while_alive=self.process)
+        return json.loads(self.counters.messages[-1].data)
+
+    def magimg_of(self, msg) -> np.ndarray:
+        return conversions.image_to_rgb(self.send_and_wait(msg)["magimg"])
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = RosClient(f"magicfuse_test_client_{os.getpid()}", DOMAIN)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def node(client, tmp_path_factory):
+    process = NodeProcess(namespace=NAMESPACE, overrides=NODE_PARAMS, domain_id=DOMAIN,
+                          log_dir=tmp_path_factory.mktemp("node_log"))
+    harness = Harness(client, process, TOPICS).start()
+    yield harness
+    process.stop()
+
+
+# ---- start-up --------------------------------------------------------------------------------
+
+def test_model_is_loaded_and_warmed_up_before_the_input_is_subscribed(node):
+    log = node.process.log()
+    lines = ["building random (untrained) 'tiny' networks", "model ready in", "warm-up at", "ready: listening on"]
+    positions = [log.find(line) for line in lines]
+    assert all(p >= 0 for p in positions), log
+    assert positions == sorted(positions), log
+    assert f"{NAMESPACE}/magicfuse/input/image" in log
+
+
+def test_class_list_is_latched(node):
+    late = node.client.recorder(String, TOPICS["class_list"], depth=1, latched=True)
+    try:
+        assert node.client.wait_until(lambda: len(late) > 0, 20.0)
+        classes = json.loads(late.messages[0].data)
+        assert [c["name"] for c in classes["classes"]] == list(MFNET_CLASSES)
+        assert [c["id"] for c in classes["classes"]] == list(range(NUM_CLASSES))
+        assert classes["thermal_classes"] == ["person"]
+    finally:
+        node.client.stop_recording(late)
+
+
+# ---- normal frames ---------------------------------------------------------------------------
+
+def test_outputs_match_the_input_size_encoding_and_header(node):
+    for height, width in ((H, W), (40, 56)):
+        msg = node.frame(PICTURE[:height, :width], frame_id=f"cam_{height}")
+        out = node.send_and_wait(msg)
+        for kind, expected_encoding, channels in (("magimg", "rgb8", 3), ("segmentation", "mono8", 1)):
+            result = out[kind]
+            assert result.header == msg.header, kind
+            assert (result.height, result.width, result.encoding) == (height, width, expected_encoding), kind
+            assert result.step == width * channels and len(result.data) == height * width * channels, kind
+        labels = conversions.image_to_array(out["segmentation"])[0]
+        assert labels.max() < NUM_CLASSES
+
+
+def test_debug_topics_report_processing_time_and_latency(node):
+    before_processing, before_latency = len(node.processing_ms), len(node.latency_ms)
+    node.send_and_wait(node.frame())
+    assert node.client.wait_until(
+        lambda: len(node.processing_ms) > before_processing and len(node.latency_ms) > before_latency, 10.0)
+    processing, latency = node.processing_ms.messages[-1].data, node.latency_ms.messages[-1].data
+    assert 0.0 < processing < FRAME_TIMEOUT * 1000
+    assert processing <= latency + 1.0  # latency counts from the stamp, before processing started
+
+
+def test_one_output_per_input_when_not_overloaded(node):
+    start = node.fresh_counters()
+    stamps = [node.stamp_ns(node.send_and_wait(node.frame())["magimg"]) for _ in range(4)]
+    time.sleep(0.3)
+    for stamp_ns in stamps:
+        per_kind = node.outputs_for(stamp_ns)
+        assert all(len(msgs) == 1 for msgs in per_kind.values()), per_kind
+    end = node.fresh_counters()
+    assert end["received"] - start["received"] == 4
+    assert end["processed"] - start["processed"] == 4
+    assert end["dropped_superseded"] == start["dropped_superseded"]
+    assert end["dropped_stale"] == start["dropped_stale"]
+
+
+def test_every_input_encoding_gives_the_same_result(node):
+    """Same picture in every layout -> bit-identical MagImg (fixed seed, deterministic CPU run)."""
+    alpha = np.full((H, W, 1), 77, np.uint8)
+    reference = node.magimg_of(node.frame(PICTURE, "rgb8"))
+    for payload, encoding, pad in ((PICTURE[:, :, ::-1], "bgr8", 0), (PICTURE, "rgb8", 5),
+                                   (np.concatenate([PICTURE, alpha], 2), "rgba8", 4),
+                                   (np.concatenate([PICTURE[:, :, ::-1], alpha], 2), "bgra8", 0)):
+        assert np.array_equal(node.magimg_of(node.frame(payload, encoding, pad=pad)), reference), encoding
+    grey = PICTURE[:, :, 1]
+    grey_reference = node.magimg_of(node.frame(grey, "mono8"))
+    grey16 = grey.astype(np.uint16) * 257
+    for bigendian, pad in ((False, 0), (True, 6)):
+        result = node.magimg_of(node.frame(grey16, "mono16", bigendian=bigendian, pad=pad))
+        assert np.array_equal(result, grey_reference), f"mono16 bigendian={bigendian}"
+
+
+def test_compressed_input_is_decoded(node):
+    reference = node.magimg_of(node.frame(PICTURE, "rgb8"))
+    ok, png = cv2.imencode(".png", PICTURE[:, :, ::-1])
+    assert ok
+    msg = CompressedImage(format="png", data=png.tobytes())
+    msg.header.stamp, msg.header.frame_id = node.stamp(), "camera_front"
+    out = node.send_and_wait(msg)
+    assert out["magimg"].header == msg.header
+    assert np.array_equal(conversions.image_to_rgb(out["magimg"]), reference)
+
+
+# ---- bad input: skipped with a warning, the next good frame still processed --------------------
+
+def _truncated(node):
+    msg = node.frame()
+    msg.data = msg.data[:-1]
+    return msg
+
+
+def _step_too_short(node):
+    msg = node.frame()
+    msg.step = W * 3 - 1
+    msg.data = bytes(msg.step * H)
+    return msg
+
+
+def _zero_size(node):
+    msg = node.frame()
+    msg.height = msg.width = msg.step = 0
+    msg.data = b""
+    return msg
+
+
+def _huge_claimed_size(node):
+    msg = node.frame()
+    msg.height, msg.width, msg.step = 100_000, 100_000, 300_000
+    return msg
+
+
+def _above_pixel_limit(node):
+    return node.frame(np.zeros((120, 120, 3), np.uint8))  # well formed, but 14400 > MAX_PIXELS
+
+
+def _unknown_encoding(node):
+    msg = node.frame()
+    msg.encoding = "yuv422"
+    return msg
+
+
+def _float_input(node):
+    return Image(header=node.frame().header, **conversions.image_fields(np.zeros((H, W), np.float32), "32FC1"))
+
+
+def _undecodable_compressed(node):
+    msg = CompressedImage(format="jpeg", data=b"\xff\xd8 this is not a jpeg")
+    msg.header.stamp = node.stamp()
+    return msg
+
+
+def _stale(node):
+    msg = node.frame()
+    old = node.stamp_ns(msg) - 10 * 10**9  # 10 s old, max_input_age_ms is 5 s
+    msg.header.stamp = Time(sec=old // 10**9, nanosec=old % 10**9)
+    return msg
+
+
+BAD_MESSAGES = {
+    "truncated_data": (_truncated, "invalid"),
+    "step_shorter_than_a_row": (_step_too_short, "invalid"),
+    "zero_size": (_zero_size, "invalid"),
+    "huge_claimed_size": (_huge_claimed_size, "invalid"),
+    "above_max_input_pixels": (_above_pixel_limit, "invalid"),
+    "unknown_encoding": (_unknown_encoding, "invalid"),
+    "float_encoding": (_float_input, "invalid"),
+    "undecodable_compressed": (_undecodable_compressed, "invalid"),
+    "older_than_max_input_age": (_stale, "dropped_stale"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MESSAGES))
+def test_bad_message_is_skipped_and_the_next_frame_processed(node, case):
+    make_bad, counter = BAD_MESSAGES[case]
+    start = node.fresh_counters()
+    bad = make_bad(node)
+    (node.compressed_pub if isinstance(bad, CompressedImage) else node.image_pub).publish(bad)
+    assert node.client.wait_until(lambda: node.fresh_counters()[counter] > start[counter], 20.0), case
+    good = node.frame()
+    out = node.send_and_wait(good)
+    assert out["magimg"].header == good.header
+    assert not any(node.outputs_for(node.stamp_ns(bad)).values()), "the bad frame produced an output"
+    end = node.fresh_counters()
+    assert end[counter] - start[counter] == 1
+    assert end["processed"] - start["processed"] == 1
+    assert node.process.alive()
+    if counter == "invalid":
+        assert "skipping input frame" in node.process.log()
+
+
+# ---- load, laziness, monitoring ----------------------------------------------------------------
+
+def test_newest_frame_wins_under_overload(node):
+    start = node.fresh_counters()
+    burst = [node.frame() for _ in range(6)]
+    for msg in burst:
+        node.image_pub.publish(msg)
+    node.client.wait_until(lambda: all(node.outputs_for(node.stamp_ns(burst[-1])).values()), FRAME_TIMEOUT,
+                           while_alive=node.process)
+    assert all(node.outputs_for(node.stamp_ns(burst[-1])).values()), "the newest frame was not processed"
+    time.sleep(0.5)
+    end = node.fresh_counters()
+    delta = {k: end[k] - start[k] for k in ("received", "processed", "dropped_superseded", "dropped_stale", "invalid")}
+    outputs = sum(bool(node.outputs_for(node.stamp_ns(m))["magimg"]) for m in burst)
+    assert outputs == delta["processed"] <= len(burst)
+    assert delta["received"] == delta["processed"] + delta["dropped_superseded"] + delta["dropped_stale"] + delta["invalid"]
+
+
+def test_lazy_outputs_are_published_only_with_subscribers(node):
+    start = node.fresh_counters()["published"]
+    node.send_and_wait(node.frame())
+    published = node.fresh_counters()["published"]
+    for kind in ("segmentation_color", "ir", "fusion_weight"):
+        assert published[kind] == start[kind], kind
+    assert published["magimg"] > start["magimg"]
+
+    ir = {"ir": node.client.recorder(Image, TOPICS["ir"])}
+    try:
+        # Discovery is asynchronous: a few frames may pass before the node sees the subscriber.
+        for _ in range(10):
+            msg = node.frame()
+            node.send_and_wait(msg)
+            if node.client.wait_until(lambda: any(node.outputs_for(node.stamp_ns(msg), ir).values()), 1.0):
+                break
+        else:
+            pytest.fail("no ~/output/ir message after subscribing")
+        assert node.fresh_counters()["published"]["ir"] > start["ir"]
+        assert node.fresh_counters()["published"]["segmentation_color"] == start["segmentation_color"]
+    finally:
+        node.client.stop_recording(ir["ir"])
+
+
+def test_every_output_carries_the_input_header(node):
+    lazy = {kind: node.client.recorder(Image, TOPICS[kind]) for kind in ("segmentation_color", "ir", "fusion_weight")}
+    recorders = {**node.out, **lazy}
+    try:
+        for _ in range(10):
+            msg = node.frame(frame_id="camera_rear")
+            node.send_and_wait(msg)
+            if node.client.wait_until(lambda: all(node.outputs_for(node.stamp_ns(msg), recorders).values()), 1.0):
+                break
+        else:
+            pytest.fail("lazy outputs never arrived")
+        out = {kind: msgs[0] for kind, msgs in node.outputs_for(node.stamp_ns(msg), recorders).items()}
+        for kind, result in out.items():
+            assert result.header == msg.header, kind
+            assert (result.height, result.width) == (H, W), kind
+        assert {k: m.encoding for k, m in out.items()} == {
+            "magimg": "rgb8", "segmentation": "mono8", "segmentation_color": "rgb8", "ir": "mono8", "fusion_weight": "mono8"}
+        labels = conversions.image_to_array(out["segmentation"])[0]
+        assert np.array_equal(conversions.image_to_rgb(out["segmentation_color"]), colorize(labels))
+    finally:
+        for recorder in lazy.values():
+            node.client.stop_recording(recorder)
+
+
+def test_diagnostics_report_ok_and_warn_on_invalid_input(node):
+    diagnostics = node.client.recorder(DiagnosticArray, "/diagnostics", depth=50)
+
+    def statuses():
+        return [s for a in diagnostics.messages for s in a.status if s.name == "magicfuse: MagImg pipeline"]
+
+    try:
+        assert node.client.wait_until(lambda: len(statuses()) > 0, 10.0)
+        status = statuses()[-1]
+        values = {kv.key: kv.value for kv in status.values}
+        for key in ("received", "processed", "dropped_superseded", "dropped_stale", "invalid", "failed", "cut_short",
+                    "mean_processing_time_ms", "output_rate_hz"):
+            assert key in values, key
+        assert status.hardware_id == "cpu"
+        bad = node.frame()
+        bad.encoding = "yuv422"
+        seen = len(statuses())
+        node.image_pub.publish(bad)
+        assert node.client.wait_until(
+            lambda: any(s.level == DiagnosticStatus.WARN and "invalid" in s.message for s in statuses()[seen:]), 10.0)
+        node.send_and_wait(node.frame())
+        seen = len(statuses())
+        assert node.client.wait_until(lambda: any(s.level == DiagnosticStatus.OK for s in statuses()[seen:]), 10.0)
+    finally:
+        node.client.stop_recording(diagnostics)
+
+
+def test_node_shuts_down_cleanly_on_sigint(node):
+    assert node.process.alive()
+    assert node.process.stop(timeout=20.0) == 0
+    assert "Traceback" not in node.process.log()
+
+
+# ---- pipeline failure: the node in this process, with a pipeline that fails -------------------
+
+class FailingPipeline:
+    """Stands in for MagicFusePipeline: warms up fine, then every frame fails like a GPU out of memory."""
+
+    device, trained, inference_size = "cpu", True, None
+
+    def warmup(self, height, width):
+        pass
+
+    def __call__(self, images, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_pipeline_failure_is_counted_and_reported_as_error(client, monkeypatch):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from magicfuse_ros import node as node_module
+
+    monkeypatch.setattr(node_module, "load_pipeline", lambda params, log: FailingPipeline())
+    namespace = f"/test_failing_{os.getpid()}"
+    topics = output_topics(namespace)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN)
+    node = node_module.MagicFuseNode(context=context, namespace=namespace, parameter_overrides=[
+        Parameter("model_path", value="fake"), Parameter("diagnostics_period_s", value=0.3)])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    diagnostics = client.recorder(DiagnosticArray, "/diagnostics", depth=50)
+    publisher = client.publisher(Image, topics["input"])
+    try:
+        assert client.wait_until(lambda: publisher.get_subscription_count() > 0, 20.0)
+
+        def send_until_two_failed():  # best effort: keep sending until two frames have reached the pipeline
+            msg = image_msg(PICTURE, "rgb8")
+            msg.header.stamp = client.now_msg()
+            publisher.publish(msg)
+            return node.counters()["failed"] >= 2
+
+        assert client.wait_until(send_until_two_failed, 30.0, poll=0.3)
+        assert node.counters()["processed"] == 0
+
+        def errors():
+            return [s for a in diagnostics.messages for s in a.status
+                    if s.name == "magicfuse: MagImg pipeline" and s.level == DiagnosticStatus.ERROR]
+
+        assert client.wait_until(lambda: len(errors()) > 0, 10.0)
+        assert "out of memory" in errors()[-1].message
+        assert spinner.is_alive() and node._worker.is_alive()
+    finally:
+        client.stop_recording(diagnostics)
+        executor.shutdown(timeout_sec=2.0)
+        node.close()
+        context.try_shutdown()
+        spinner.join(timeout=5.0)
+
+
+# ---- other configurations: own processes -------------------------------------------------------
+
+def test_time_budget_bgr8_output_and_float_weights(client, tmp_path):
+    namespace = f"/test_variant_{os.getpid()}"
+    topics = output_topics(namespace)
+    process = NodeProcess(namespace=namespace, domain_id=DOMAIN, log_dir=tmp_path, overrides={
+        **NODE_PARAMS, "steps": 4, "time_budget_ms": 0.001, "output_encoding": "bgr8",
+        "fusion_weight_encoding": "32FC1", "input_reliability": "reliable", "input_depth": 3})
+    harness = Harness(client, process, topics, reliable_input=True)
+    weights = {"fusion_weight": client.recorder(Image, topics["fusion_weight"])}
+    harness.start()
+    try:
+        recorders = {**harness.out, **weights}
+        for _ in range(10):
+            msg = harness.frame()
+            harness.send_and_wait(msg)
+            if client.wait_until(lambda: all(harness.outputs_for(harness.stamp_ns(msg), recorders).values()), 1.0):
+                break
+        else:
+            pytest.fail("no fusion_weight output")
+        out = {kind: msgs[0] for kind, msgs in harness.outputs_for(harness.stamp_ns(msg), recorders).items()}
+        assert out["magimg"].encoding == "bgr8" and out["magimg"].step == W * 3
+        weight, encoding = conversions.image_to_array(out["fusion_weight"], encodings=conversions.READABLE_ENCODINGS)
+        assert encoding == "32FC1" and weight.shape == (H, W) and np.isfinite(weight).all()
+        counters = harness.fresh_counters()
+        assert counters["cut_short"] >= 1 and counters["processed"] >= 1
+    finally:
+        assert process.stop() == 0
+        for recorder in (*harness.out.values(), *weights.values(), harness.counters):
+            client.stop_recording(recorder)
+
+
+@pytest.mark.parametrize("override,name,code", [
+    ({"tau": 1.5}, "tau", 2),
+    ({"device": "gpu"}, "device", 2),
+    ({"thermal_classes": ["person", "cat"]}, "thermal_classes", 2),
+    ({"tua": 0.3}, "tua", 2),
+    ({"steps": 2.5}, "steps", 2),
+    ({"model_path": "/nonexistent/magicfuse_model"}, "/nonexistent/magicfuse_model", 1),
+], ids=["tau_out_of_range", "unknown_device", "unknown_class", "unknown_parameter", "wrong_type", "missing_model"])
+def test_invalid_configuration_fails_fast_naming_it(tmp_path, override, name, code):
+    params = {**NODE_PARAMS, **override}
+    params_file = None
+    if isinstance(override.get("steps"), float):
+        # rcl lets a file's integer win over a later double (-p steps:=2.5 would be dropped before the
+        # node sees it), so the wrong type goes into the parameter file itself.
+        params_file = tmp_path / "wrong_type.yaml"
+        params_file.write_text(PARAM_FILE.read_text().replace("    steps: 0 ", f"    steps: {params.pop('steps')} "))
+    process = NodeProcess(namespace=f"/bad_{os.getpid()}", domain_id=DOMAIN, log_dir=tmp_path, overrides=params,
+                          params_file=params_file)
+    process.start()
+    exit_code = process.wait(60.0)
+    log = process.log()
+    process.stop()
+    assert exit_code == code, log
+    assert name in log and "FATAL" in log and "not starting" in log, log
+    assert "ready: listening" not in log
