@@ -1,0 +1,229 @@
+"""Backends: selection errors, the torch fast-path machinery on CPU, ONNX Runtime and the
+TensorRT plumbing (with a fake engine builder) against eager torch on the tiny profile."""
+from __future__ import annotations
+
+import builtins
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from magicfuse_core import runtime
+from magicfuse_core.checkpoint import save_model
+from magicfuse_core.export import NET_IO, example_inputs, export_matches, load_manifest
+from magicfuse_core.pipeline import MagicFusePipeline
+from magicfuse_core.runtime import (BackendUnavailable, CUDAGraphNet, GPUEnvironment, GraphedSampler, OrtNet,
+                                    TorchNet, apply_backend, cast_for_precision, check_backend, parse_backend_spec,
+                                    tensorrt_hooks)
+from magicfuse_core.sampler import fused_sample
+
+STEPS = 3
+FRAME = (np.random.default_rng(0).random((1, 40, 56, 3)) * 255).astype(np.uint8)  # padded to 64x64 inside
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny networks gain nothing from a second thread, and on a busy CI machine the
+    intra-op thread barriers cost more than the work: run this module single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The eager fp32 torch result every backend is compared with."""
+    return MagicFusePipeline.random("tiny", seed=3, steps=STEPS)(FRAME, seed=5)
+
+
+def _pipe() -> MagicFusePipeline:
+    return MagicFusePipeline.random("tiny", seed=3, steps=STEPS)
+
+
+def assert_same_result(result, reference, max_pixel=2, max_changed_labels=0.01):
+    diff = np.abs(result.magimg.astype(int) - reference.magimg.astype(int)).max()
+    assert diff <= max_pixel, f"MagImg differs by {diff} grey levels"
+    changed = (result.seg_labels != reference.seg_labels).mean()
+    assert changed <= max_changed_labels, f"{changed:.3%} of the segmentation labels changed"
+
+
+# ---- selection and errors ---------------------------------------------------------------
+def test_unknown_backend_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="torch \\| torch-compiled \\| onnxruntime \\| tensorrt"):
+        apply_backend(_pipe(), "tensorflow")
+
+
+def test_unknown_backend_option_is_rejected():
+    with pytest.raises(ValueError, match="unknown option.*'precison'"):
+        apply_backend(_pipe(), "torch", precison="bf16")
+
+
+def test_tensorrt_on_cpu_says_a_gpu_is_needed():
+    with pytest.raises(BackendUnavailable, match="needs an NVIDIA GPU"):
+        apply_backend(_pipe(), "tensorrt")
+
+
+def test_missing_package_names_it_and_how_to_install(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_tensorrt(name, *args, **kwargs):
+        if name.split(".")[0] in ("tensorrt", "onnxruntime"):
+            raise ImportError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    monkeypatch.delitem(__import__("sys").modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(BackendUnavailable, match="'tensorrt'.*pip install tensorrt"):
+        check_backend("tensorrt", "cuda")
+    with pytest.raises(BackendUnavailable, match="pip install onnxruntime"):
+        check_backend("onnxruntime", "cpu")
+    assert isinstance(BackendUnavailable("x"), RuntimeError)  # the CLI prints RuntimeErrors as one line
+
+
+def test_available_backends_reports_reasons():
+    report = runtime.available_backends("cpu")
+    assert report["torch"] is None and report["onnxruntime"] is None
+    assert "GPU" in report["tensorrt"]
+
+
+def test_backend_spec_parsing():
+    assert parse_backend_spec("torch:precision=bf16,channels_last=1,cuda_graph=true") == (
+        "torch", {"precision": "bf16", "channels_last": 1, "cuda_graph": True})
+    assert parse_backend_spec("onnxruntime") == ("onnxruntime", {})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_backend_spec("torch:bf16")
+
+
+# ---- torch backend ------------------------------------------------------------------------
+def test_gpu_options_are_ignored_on_cpu_and_results_unchanged(reference):
+    pipe = apply_backend(_pipe(), "torch:precision=bf16,channels_last=1", cuda_graph=True)  # spec + keywords
+    assert pipe.backend_info.options == {"precision": "bf16", "channels_last": 1, "cuda_graph": True}
+    assert "CUDA only" in " ".join(pipe.backend_info.notes)
+    assert next(pipe.model.ckg.parameters()).dtype == torch.float32
+    assert_same_result(pipe(FRAME, seed=5), reference, max_pixel=0, max_changed_labels=0.0)
+
+
+def test_reduced_precision_keeps_groupnorm_fp32_and_stays_close():
+    """The bf16 machinery itself (weights, input casts, fp32 outputs), run on CPU."""
+    pipe = _pipe()
+    inputs = list(example_inputs(pipe.model, "ikr", 1, 8, 8).values())
+    ref = pipe.model.ikr(*inputs)
+    cast_for_precision(pipe.model.ikr, torch.bfloat16)
+    dtypes = {type(m).__name__: next(m.parameters()).dtype for m in pipe.model.ikr.modules()
+              if isinstance(m, (nn.GroupNorm, nn.Conv2d, nn.Linear, nn.LayerNorm))}
+    assert dtypes["GroupNorm32"] == torch.float32
+    assert dtypes["Conv2d"] == dtypes["Linear"] == dtypes["LayerNorm"] == torch.bfloat16
+    out = TorchNet(pipe.model.ikr, torch.bfloat16, channels_last=True)(*inputs)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert (out - ref).abs().max() / ref.abs().max() < 0.05
+
+
+def test_cpu_precision_applies_bf16_on_cpu_within_tolerance(reference):
+    pipe = apply_backend(_pipe(), "torch:precision=bf16,cpu_precision=1")
+    assert next(pipe.model.ckg.parameters()).dtype == torch.bfloat16
+    assert_same_result(pipe(FRAME, seed=5), reference, max_pixel=10, max_changed_labels=0.02)
+
+
+def test_torch_compiled_backend_runs_and_matches():
+    pipe = apply_backend(_pipe(), "torch-compiled", compile_backend="eager")
+    inputs = list(example_inputs(pipe.model, "fusion", 1, 8, 8).values())
+    for got, want in zip(pipe.fusion_net(*inputs), pipe.model.fusion(*inputs)):
+        torch.testing.assert_close(got, want)
+
+
+def test_graphed_sampler_falls_back_to_the_eager_loop_off_cuda():
+    pipe = _pipe()
+    g = torch.Generator().manual_seed(0)
+    cond, z, s = torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 9, 8, 8, generator=g)
+    schedule = pipe.model.schedule.with_steps(2)
+    with torch.inference_mode():
+        a = GraphedSampler()(pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net, cond, z, s, schedule)
+        b = fused_sample(pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net, cond, z, s, schedule)
+    assert torch.equal(a.z0_fused, b.z0_fused) and a.steps_run == 2
+    with pytest.raises(ValueError, match="plain hooks"):
+        GraphedSampler()(CUDAGraphNet(pipe.ikr_denoiser), pipe.ckg_denoiser, pipe.fusion_net, cond, z, s, schedule)
+
+
+# ---- ONNX Runtime -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """$MAGICFUSE_CACHE for this module: exports are made once and reused by fingerprint."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAGICFUSE_CACHE", str(folder))
+        yield folder
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_onnxruntime_sampling_matches_torch(reference, onnx_cache, io_binding):
+    pipe = apply_backend(_pipe(), "onnxruntime", io_binding=io_binding, threads=1)
+    assert isinstance(pipe.fusion_net, OrtNet) and pipe.fusion_net.io_binding is io_binding
+    assert_same_result(pipe(FRAME, seed=5), reference)
+
+
+def test_onnx_export_is_reused_for_the_same_weights_only(onnx_cache):
+    pipe = apply_backend(_pipe(), "onnxruntime", threads=1)
+    assert any("reusing" in n for n in pipe.backend_info.notes)
+    (export_dir,) = (onnx_cache / "onnx").iterdir()
+    manifest = load_manifest(export_dir)
+    assert export_matches(manifest, pipe.model)
+    assert not export_matches(manifest, MagicFusePipeline.random("tiny", seed=4).model)
+
+
+def test_from_pretrained_applies_the_backend(tmp_path, onnx_cache, reference):
+    save_model(MagicFusePipeline.random("tiny", seed=3).model, tmp_path / "model")
+    pipe = MagicFusePipeline.from_pretrained(tmp_path / "model", backend="onnxruntime", steps=STEPS)
+    assert pipe.backend_info.name == "onnxruntime" and any("reusing" in n for n in pipe.backend_info.notes)
+    assert_same_result(pipe(FRAME, seed=5), reference)
+
+
+# ---- TensorRT plumbing with a fake builder ---------------------------------------------------------
+class OnnxAsEngineBuilder:
+    """Stands in for TensorRT: the 'engine' is the ONNX file itself, run by ONNX Runtime."""
+
+    precision = "fp16"
+
+    def __init__(self):
+        self.built = []
+
+    def flags(self):
+        return {"workspace_gib": 1.0}
+
+    def build(self, onnx_path: Path, shapes):
+        assert set(shapes) == set(NET_IO[onnx_path.stem].inputs)
+        for lo, opt, hi in shapes.values():
+            assert lo[1:] == opt[1:] == hi[1:] and lo[0] == 1  # batch dynamic, spatial fixed per profile
+        self.built.append(onnx_path.stem)
+        return onnx_path.read_bytes()
+
+
+def load_onnx_engine(data: bytes, component: str):
+    import onnxruntime as ort
+
+    return OrtNet(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), component, torch.device("cpu"))
+
+
+def test_tensorrt_chain_builds_caches_and_matches_torch(tmp_path, onnx_cache, reference):
+    env = GPUEnvironment("10.9.0", "NVIDIA H200", (9, 0))
+    builder = OnnxAsEngineBuilder()
+    # onnx_dir=None: the export cached by this module's earlier tests is reused
+    opts = dict(cache_dir=tmp_path / "engines", onnx_dir=None, height=40, width=56, builder=builder,
+                load=load_onnx_engine, env=env)
+    pipe, notes = _pipe(), []
+    hooks = tensorrt_hooks(pipe.model, pipe.device, notes=notes, **opts)
+    assert sorted(builder.built) == ["ckg", "fusion", "ikr"]
+    pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net = hooks["ikr"], hooks["ckg"], hooks["fusion"]
+    assert_same_result(pipe(FRAME, seed=5), reference)
+
+    notes.clear()
+    tensorrt_hooks(pipe.model, pipe.device, notes=notes, **opts)   # same key: loaded, not built
+    assert len(builder.built) == 3 and sum("loaded" in n for n in notes) == 3
+
+    opts["env"] = replace(env, gpu_name="NVIDIA L4", compute_capability=(8, 9))  # another GPU: never reuse
+    tensorrt_hooks(pipe.model, pipe.device, notes=notes, **opts)
+    assert len(builder.built) == 6
