@@ -1,0 +1,269 @@
+"""Training phases on tiny synthetic data (CPU, seconds): losses, checkpoints, exact resume,
+phase-2 gradient locality, a 2-process gloo run under torchrun, and the model export."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from magicfuse_core.checkpoint import load_model
+from magicfuse_core.imageio import write_png
+from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
+from magicfuse_core.schedule import DDIMSchedule
+from training import export_model, phase1, phase2
+from training.common import EMA, build_fusion, build_unet, load_trained_module
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
+
+
+def make_dataset(root: Path, n: int = 2) -> Path:
+    """n registered vis/ir frames with a warm 'person' box (a bright IR blob) and its YOLO box."""
+    rng = np.random.default_rng(0)
+    for sub in ("vis", "ir", "det/infrared"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    names = []
+    for i in range(n):
+        name = f"frame{i:02d}"
+        vis = np.stack([yy, xx, 0.5 * (yy + xx)], -1) * 200 + rng.uniform(0, 40, (SIZE, SIZE, 3))
+        ir = np.full((SIZE, SIZE), 40.0) + rng.uniform(0, 20, (SIZE, SIZE))
+        ir[12:36, 16 + 4 * i:28 + 4 * i] = 230
+        write_png(root / "vis" / f"{name}.png", vis.clip(0, 255).astype(np.uint8))
+        write_png(root / "ir" / f"{name}.png", ir.clip(0, 255).astype(np.uint8))
+        (root / "det/infrared" / f"{name}.txt").write_text(f"0 {(22 + 4 * i) / SIZE:.4f} 0.5 {12 / SIZE:.4f} 0.5\n")
+        names.append(name)
+    (root / "train.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def write_config(tmp_path: Path, run_dir: Path, **changes) -> Path:
+    cfg = {
+        "seed": 0, "run_dir": str(run_dir), "device": "cpu", "tensorboard": False, "threads": 1,
+        "data": {"root": str(tmp_path / "data"), "split": "train", "det_subdir": "infrared", "degradation": "random",
+                 "crop": [32, 32], "scale": None, "latent_cache": None, "cache_variants": 2, "num_workers": 0},
+        "autoencoder": {"config": {"channels": 8, "num_res_blocks": 1}, "seed": 0},
+        "ikr": {"unet": {"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}},
+        "ckg": {"unet": {"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}},
+        "fusion": {"net": {"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}},
+        "phase1": {"batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "grad_clip": 1.0, "ema_decay": 0.9,
+                   "max_steps": 4, "time_budget_min": None, "log_every": 2, "ckpt_every": 2, "sample_every": 0},
+        "phase2": {"ikr_checkpoint": None, "ckg_checkpoint": None, "batch_size": 2, "lr": 1e-3, "momentum": 0.9,
+                   "weight_decay": 1e-4, "lr_step": 2, "lr_gamma": 0.5, "grad_clip": 1.0, "ema_decay": 0.0,
+                   "seg_weight": 1.0, "sampling_steps": 5, "max_steps": 4, "time_budget_min": None,
+                   "log_every": 2, "ckpt_every": 2, "sample_every": 0, "latent_crop": None},
+        "export": {"inference_size": [32, 32], "dtype": "float32"},
+    }
+    for key, value in changes.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    path = tmp_path / f"config_{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    # Tiny convs on a shared CPU run fastest on 1 thread; give other test files theirs back.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("train") / "data")
+
+
+@pytest.fixture()
+def workdir(tmp_path, data_root) -> Path:
+    (tmp_path / "data").symlink_to(data_root)
+    return tmp_path
+
+
+def state_of(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+# ---------------------------------------------------------------------------- phase 1
+
+@pytest.mark.parametrize("component", ["ikr", "autoencoder"])
+def test_phase1_loss_is_finite_and_decreases(workdir, component):
+    # One frame without degradation or crop randomness: the run overfits it.
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 16, "phase1.lr": 3e-3,
+                                                    "data.degradation": "none", "data.crop": [48, 48]})
+    losses = phase1.main(["--config", str(cfg), "--component", component, "--no-progress"])["losses"]
+    assert len(losses) == 16 and np.isfinite(losses).all()
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_phase1_resume_continues_exactly(workdir):
+    straight = write_config(workdir, workdir / "straight")
+    phase1.main(["--config", str(straight), "--component", "ckg", "--no-progress"])
+    halves = write_config(workdir, workdir / "halves", **{"phase1.max_steps": 2})
+    phase1.main(["--config", str(halves), "--component", "ckg", "--no-progress"])
+    assert state_of(workdir / "halves/ckg/last.pt")["step"] == 2
+    halves = write_config(workdir, workdir / "halves", **{"phase1.max_steps": 4})
+    summary = phase1.main(["--config", str(halves), "--component", "ckg", "--no-progress"])
+    assert len(summary["losses"]) == 2  # only the remaining steps ran
+    a, b = state_of(workdir / "straight/ckg/last.pt"), state_of(workdir / "halves/ckg/last.pt")
+    assert a["step"] == b["step"] == 4
+    assert_same_weights(a["model"], b["model"])
+    assert_same_weights(a["ema"]["shadow"], b["ema"]["shadow"])
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+
+
+def test_checkpoint_round_trip_gives_the_trained_network(workdir):
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 2, "phase1.ema_decay": 0.0})
+    phase1.main(["--config", str(cfg), "--component", "ikr", "--no-progress"])
+    state = state_of(workdir / "run/ikr/last.pt")
+    net = load_trained_module(workdir / "run/ikr/last.pt")  # EMA with decay 0 = the last weights
+    assert_same_weights(net.state_dict(), state["model"])
+    x, t = torch.randn(1, 16, 8, 8), torch.tensor([500.0])
+    rebuilt = build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}})
+    rebuilt.load_state_dict(state["model"])
+    assert torch.equal(net(x, t), rebuilt.eval()(x, t))
+
+
+def test_min_snr_weights_only_the_low_noise_steps_down():
+    schedule = DDIMSchedule()
+    eps, noise = torch.ones(2, 8, 4, 4), torch.zeros(2, 8, 4, 4)
+    noisy, clean = torch.tensor([960, 960]), torch.tensor([0, 0])
+    assert phase1.weighted_eps_mse(eps, noise, noisy, schedule, gamma=5.0).item() == pytest.approx(1.0)
+    a0 = schedule.alpha_bar(0)
+    expected = 5 * (1 - a0) / a0
+    assert phase1.weighted_eps_mse(eps, noise, clean, schedule, gamma=5.0).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_ema_warms_up_then_averages():
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)  # decay min(0.5, 2/11) = 2/11
+    assert ema.shadow["weight"].item() == pytest.approx(9 / 11)
+    ema.update(net)
+    assert ema.shadow["weight"].item() == pytest.approx(9 / 11 * 0.25 + 0.75)
+
+
+# ---------------------------------------------------------------------------- phase 2
+
+def tiny_frozen_nets():
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1)).eval().requires_grad_(False)
+    ikr = build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}).eval().requires_grad_(False)
+    ckg = build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}).eval().requires_grad_(False)
+    fusion = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}).train()
+    return ae, ikr, ckg, fusion
+
+
+def test_phase2_gradients_reach_only_fusion_and_only_at_the_stop_step():
+    ae, ikr, ckg, fusion = tiny_frozen_nets()
+    for p in (*ikr.parameters(), *ckg.parameters()):
+        p.requires_grad_(True)  # even denoisers left trainable receive nothing: they run without a graph
+    grad_modes = []
+    fusion.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    cond = torch.rand(2, 8, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 32, 32, dtype=torch.long)
+    mask[:, 8:24, 8:16] = 2
+    loss, details = phase2.algorithm1_loss(fusion, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=5),
+                                           stop_index=3, g=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert grad_modes == [False, False, False, True]  # F ran at steps 0..2 without a graph, with one at 3
+    for name in ("x_fused", "x_ikr", "x_ckg"):
+        assert details[name].grad_fn is None and not details[name].requires_grad
+    assert all(p.grad is None for m in (ae, ikr, ckg) for p in m.parameters())
+    grads = {n: p.grad for n, p in fusion.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith("segproj"))  # S
+    assert grads["estimate.1.weight"].abs().sum() > 0                                      # the weight head of F
+
+
+def test_phase2_overfits_one_batch():
+    ae, ikr, ckg, fusion = tiny_frozen_nets()
+    cond = torch.rand(2, 8, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 32, 32, dtype=torch.long)
+    mask[:, 8:24, 8:16] = 2
+    optimizer = torch.optim.SGD(fusion.parameters(), lr=1e-3, momentum=0.9)  # SPEC §5
+    losses = []
+    for _ in range(12):
+        loss, _ = phase2.algorithm1_loss(fusion, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=5),
+                                         stop_index=2, g=torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_phase2_init_weight_starts_the_fused_stream_from_ikr(workdir):
+    cfg = write_config(workdir, workdir / "run", **{"phase2.max_steps": 1, "phase2.lr": 0.0,
+                                                    "phase2.init_weight": 1.0})
+    phase2.main(["--config", str(cfg), "--no-progress"])
+    fusion = load_trained_module(workdir / "run/fusion/last.pt")
+    x24, eps_ikr, eps_ckg = torch.randn(1, 24, 8, 8), torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8)
+    w, _ = fusion(x24, eps_ikr, eps_ckg, torch.tensor([500.0]), torch.randn(1, 9, 8, 8))
+    assert (w - 1).abs().mean() < 0.2
+
+
+def test_phase2_with_latent_cache_resumes_exactly(workdir):
+    cache = {"data.latent_cache": str(workdir / "latents.pt")}
+    straight = write_config(workdir, workdir / "straight", **cache)
+    summary = phase2.main(["--config", str(straight), "--no-progress"])
+    assert (workdir / "latents.pt").is_file() and np.isfinite(summary["losses"]).all()
+    phase2.main(["--config", str(write_config(workdir, workdir / "halves", **cache, **{"phase2.max_steps": 2})),
+                 "--no-progress"])
+    phase2.main(["--config", str(write_config(workdir, workdir / "halves", **cache)), "--no-progress"])
+    a, b = state_of(workdir / "straight/fusion/last.pt"), state_of(workdir / "halves/fusion/last.pt")
+    assert a["step"] == b["step"] == 4
+    assert_same_weights(a["model"], b["model"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+
+
+# ---------------------------------------------------------------------------- scale-out and export
+
+def test_two_process_gloo_run_under_torchrun(workdir):
+    cfg = write_config(workdir, workdir / "ddp", **{"phase1.max_steps": 2, "phase1.batch_size": 1, "tensorboard": True})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "training.phase1", "--config", str(cfg), "--component", "ikr", "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in (workdir / "ddp/ikr/train.log").read_text()
+    assert state_of(workdir / "ddp/ikr/last.pt")["step"] == 2
+    assert list((workdir / "ddp/ikr/tb").glob("events.out.tfevents.*")), "rank 0 writes TensorBoard scalars"
+
+
+def test_export_bundles_a_loadable_trained_model(workdir):
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 1, "phase2.max_steps": 1})
+    for component in ("ikr", "ckg"):
+        phase1.main(["--config", str(cfg), "--component", component, "--no-progress"])
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 1, "phase2.max_steps": 1,
+                                                    "phase2.ikr_checkpoint": str(workdir / "run/ikr/last.pt"),
+                                                    "phase2.ckg_checkpoint": str(workdir / "run/ckg/last.pt")})
+    phase2.main(["--config", str(cfg), "--no-progress"])
+    out = export_model.main(["--config", str(cfg), "--out", str(workdir / "model")])
+    model = load_model(out)
+    assert model.trained and model.info["inference_size"] == [32, 32]
+    assert model.info["steps"] == {"ikr": 1, "ckg": 1, "fusion": 1}
+    assert_same_weights(model.ikr.state_dict(), load_trained_module(workdir / "run/ikr/last.pt").state_dict())

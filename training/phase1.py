@@ -1,0 +1,266 @@
+"""Phase 1 (SPEC §5): train the autoencoder, the IKR denoiser Ψ or the CKG denoiser Φ.
+
+    python -m training.phase1 --config training/configs/cpu_smoke.yaml --component ikr
+    torchrun --nproc_per_node 8 -m training.phase1 --config training/configs/gpu_20min.yaml --component ckg
+
+- autoencoder: L1 reconstruction of clean visible, degraded visible and infrared frames
+  (the encoder's injected noise is drawn per step, as at inference).
+- ikr / ckg: epsilon-prediction MSE of the conditional latent diffusion; condition =
+  2 E(degraded) - 1, target latent = 2 E(clean) - 1 (Ψ) or 2 E(infrared) - 1 (Φ);
+  the autoencoder is frozen (`autoencoder:` in the config says which one).
+
+AdamW with linear warm-up, EMA weights, gradient clipping, bf16 autocast on CUDA,
+checkpoint every `ckpt_every` steps to RUN_DIR/COMPONENT/last.pt and exact resume
+from it (the default when it exists; --fresh to start over), TensorBoard scalars
+and sample grids, rank-0 logging. Stops at `max_steps` or after `time_budget_min`.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from magicfuse_core.losses import eps_mse
+from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
+from magicfuse_core.schedule import DDIMSchedule
+from training.common import (EMA, RunLogger, Throughput, autocast, barrier, build_autoencoder, build_unet,
+                             cleanup_distributed, encode, get_latent_cache, grad_norm_, image_grid,
+                             latest_checkpoint, load_checkpoint, load_config, make_dataset, repo_path,
+                             resize_images, save_checkpoint, setup_distributed, step_generator)
+
+COMPONENTS = ("autoencoder", "ikr", "ckg")
+
+
+class Reconstruction(torch.nn.Module):
+    """image -> D(E(image, noise)): the autoencoder as one forward call (what DDP wraps)."""
+
+    def __init__(self, ae: Autoencoder):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.ae.decode(self.ae.encode(images, noise=noise))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="MagicFuse phase 1: autoencoder, IKR (Ψ) or CKG (Φ)")
+    parser.add_argument("--config", required=True, help="training/configs/*.yaml")
+    parser.add_argument("--component", required=True, choices=COMPONENTS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. phase1.max_steps=10 (values parsed as YAML)")
+    parser.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/COMPONENT/last.pt and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return parser.parse_args(argv)
+
+
+def image_batches(loader, sampler, dataset, start_step: int):
+    """Endless batches of a DataLoader, resumable: step s is batch (s mod len) of epoch (s // len)."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} frames give no full batch of {loader.batch_size} per process: "
+                         "lower batch_size or add data")
+    step = start_step
+    while True:
+        epoch, skip = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if i < skip:
+                continue
+            yield batch
+            step += 1
+
+
+def weighted_eps_mse(eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: DDIMSchedule,
+                     gamma: float) -> torch.Tensor:
+    """ε-MSE with Min-SNR-γ weights min(1, γ / SNR_t), SNR_t = ᾱ_t / (1 - ᾱ_t).
+
+    Low-noise steps (large SNR), whose ε errors barely move the clean estimate, weigh less, so a small
+    network spends its capacity on the noisy steps, where an ε error is amplified sqrt(1/SNR) times
+    in z0_hat.
+    """
+    a = schedule.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t]
+    weight = (gamma * (1 - a) / a).clamp(max=1.0)
+    return (weight.view(-1, 1, 1, 1) * (eps.float() - noise.float()) ** 2).mean()
+
+
+@torch.no_grad()
+def ddim_sample(net, cond: torch.Tensor, schedule: DDIMSchedule, g: torch.Generator) -> torch.Tensor:
+    """One-stream deterministic DDIM from z_T ~ N(0, I): (B, 8, h, w) condition -> z0 estimate."""
+    x = torch.randn(cond.shape, generator=g).to(cond.device)
+    z0 = x
+    for i, t in enumerate(schedule.timesteps):
+        eps = net(torch.cat([cond, x], dim=1), torch.full((x.shape[0],), float(t), device=x.device)).float()
+        x, z0 = schedule.step(x, eps, i)
+    return z0
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    component = args.component
+    p = {k: v for k, v in cfg["phase1"].items() if k not in COMPONENTS}
+    p.update(cfg["phase1"].get(component) or {})  # per-component overrides, e.g. phase1.ckg.lr
+    seed = int(cfg.get("seed", 0))
+    if cfg.get("threads"):  # small convs on a shared CPU run faster on fewer threads
+        torch.set_num_threads(int(cfg["threads"]))
+    ctx = setup_distributed(cfg.get("device", "auto"))
+    device = ctx.device
+    run_dir = repo_path(cfg["run_dir"]) / component
+    log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
+    log.info(f"phase 1 {component}: world size {ctx.world_size}, device {device}, config {args.config}")
+
+    # ---- data -----------------------------------------------------------------
+    schedule = DDIMSchedule()
+    ae = None if component == "autoencoder" else build_autoencoder(cfg["autoencoder"]).to(device)
+    cache = None
+    if ae is not None and cfg["data"].get("latent_cache"):
+        cache = get_latent_cache(cfg, ae, ctx, log.info)
+        log.info(f"latent cache: {len(cache)} frames x {cache.degraded.shape[1]} degradations, "
+                 f"latents {tuple(cache.clean.shape[-2:])}")
+    else:
+        dataset = make_dataset(cfg["data"], seed)
+        # Also with one process: its order is a function of (seed, epoch), which exact resume needs.
+        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        loader = DataLoader(dataset, batch_size=p["batch_size"], sampler=sampler, drop_last=True,
+                            num_workers=int(cfg["data"].get("num_workers", 0)), persistent_workers=False)
+        log.info(f"dataset: {len(dataset)} frames from {dataset.root} ({cfg['data'].get('split', 'train')})")
+
+    # ---- model, optimizer -----------------------------------------------------
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    if component == "autoencoder":
+        model = Autoencoder(AutoencoderConfig(**(cfg["autoencoder"].get("config") or {})))
+    else:
+        model = build_unet(cfg[component]["unet"])
+    model.to(device).train()
+    n_params = sum(p_.numel() for p_ in model.parameters())
+    log.info(f"{type(model).__name__}: {n_params / 1e6:.2f} M parameters, config {model.config.to_dict()}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=tuple(p.get("betas", (0.9, 0.999))),
+                                  weight_decay=p.get("weight_decay", 0.0))
+    warmup = max(int(p.get("warmup_steps", 0)), 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    ema = EMA(model, p.get("ema_decay", 0.999))
+
+    step, wall_before = 0, 0.0  # wall time of the runs this one resumes
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not args.fresh:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        step, wall_before = state["step"], float(state["extra"].get("wall_s", 0.0))
+        log.info(f"resumed from {ckpt} at step {step}")
+    trained = Reconstruction(model) if component == "autoencoder" else model
+    ddp_model = DistributedDataParallel(trained) if ctx.enabled else trained
+    if cache is None:
+        batches = image_batches(loader, sampler, dataset, step)
+    latent_crop = p.get("latent_crop", cfg["data"].get("latent_crop"))
+
+    def next_batch(step: int, g: torch.Generator) -> dict:
+        if cache is not None:
+            return {k: v.to(device) for k, v in cache.batch(p["batch_size"], latent_crop, g).items()}
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        for k in ("degraded", "clean", "ir"):
+            batch[k] = resize_images(batch[k], cfg["data"].get("scale"))
+        if component == "autoencoder":
+            return batch
+        images = torch.cat([batch["degraded"], batch["clean"] if component == "ikr" else batch["ir"]])
+        cond, target = encode(ae, images, g).chunk(2)
+        return {"cond": cond, "clean": target, "ir": target}
+
+    # Which t the denoiser is trained on: all 1000 (the standard), or only the DDIM steps the sampler
+    # visits ("sampler": 40x more training per visited t, what a small CPU budget needs).
+    if p.get("train_timesteps", "all") == "sampler":
+        train_timesteps = torch.tensor(schedule.timesteps)
+    else:
+        train_timesteps = torch.arange(schedule.num_train_timesteps)
+    snr_gamma = p.get("min_snr_gamma")
+
+    # ---- loop -----------------------------------------------------------------
+    max_steps = int(p["max_steps"])
+    budget_s = float(p.get("time_budget_min") or 0) * 60
+    t_start, meter, losses = time.time(), Throughput(), []
+    fixed = None  # the batch the sample grids show
+    bar = tqdm(total=max_steps, initial=step, disable=args.no_progress or not ctx.is_main, dynamic_ncols=True,
+               desc=f"phase1 {component}")
+    while step < max_steps:
+        g = step_generator(seed, step, ctx.rank)
+        batch = next_batch(step, g)
+        if fixed is None:
+            fixed = {k: v[:4].clone() for k, v in batch.items()}
+        with autocast(device):
+            if component == "autoencoder":
+                images = torch.cat([batch["clean"], batch["degraded"], batch["ir"]])
+                noise = torch.randn(model.encoder.noise_shape(images), generator=g).to(device)
+                recon = ddp_model(images, noise)
+                loss = F.l1_loss(recon.float(), images)
+            else:
+                target = batch["clean"] if component == "ikr" else batch["ir"]
+                noise = torch.randn(target.shape, generator=g).to(device)
+                t = train_timesteps[torch.randint(len(train_timesteps), (len(target),), generator=g)].to(device)
+                x_t = schedule.add_noise(target, noise, t)
+                eps = ddp_model(torch.cat([batch["cond"], x_t], dim=1), t.float())
+                loss = eps_mse(eps, noise) if not snr_gamma else weighted_eps_mse(eps, noise, t, schedule, snr_gamma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm_(model.parameters(), p.get("grad_clip"))
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        step += 1
+        meter.add(len(images) if component == "autoencoder" else len(target))
+        losses.append(float(loss.detach()))
+        bar.update(1)
+
+        if step % p["log_every"] == 0 or step == max_steps:
+            window = losses[-p["log_every"]:]
+            scalars = {"loss": sum(window) / len(window), "grad_norm": gnorm, "lr": scheduler.get_last_lr()[0],
+                       **meter.rates()}
+            log.scalars(step, scalars)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", it_s=f"{scalars['steps_per_s']:.2f}")
+            log.info(f"step {step} loss {scalars['loss']:.5f} grad {gnorm:.3f} lr {scalars['lr']:.2e} "
+                     f"{scalars['steps_per_s']:.2f} it/s {scalars['samples_per_s']:.1f} samples/s")
+        if ctx.is_main and p.get("sample_every") and step % p["sample_every"] == 0:
+            log_samples(log, step, component, ema.copy_to(model).eval(), ae, fixed, schedule, p, seed)
+        out_of_time = budget_s and time.time() - t_start > budget_s
+        if ctx.enabled:  # every rank stops at the same step
+            flag = torch.tensor([float(bool(out_of_time))], device=device if device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(flag)
+            out_of_time = flag.item() > 0
+        if step % p["ckpt_every"] == 0 or step == max_steps or out_of_time:
+            if ctx.is_main:
+                save_checkpoint(run_dir / "last.pt", step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                                ema=ema, config=cfg,
+                                extra={"component": component, "wall_s": wall_before + time.time() - t_start})
+            barrier(ctx)
+        if out_of_time:
+            log.info(f"time budget of {budget_s / 60:.1f} min reached at step {step}")
+            break
+    bar.close()
+    summary = {"component": component, "step": step, "wall_s": time.time() - t_start,
+               "final_loss": sum(losses[-50:]) / max(len(losses[-50:]), 1), "losses": losses}
+    log.info(f"done: step {step}, {summary['wall_s'] / 60:.1f} min, loss (last 50) {summary['final_loss']:.5f}")
+    log.close()
+    cleanup_distributed()
+    return summary
+
+
+@torch.no_grad()
+def log_samples(log: RunLogger, step: int, component: str, net, ae, fixed: dict, schedule, p: dict, seed: int):
+    """TensorBoard grid: condition / sample / target (decoded), or input / reconstruction for the autoencoder."""
+    g = torch.Generator().manual_seed(seed)
+    if component == "autoencoder":
+        images = fixed["clean"]
+        noise = torch.randn(net.encoder.noise_shape(images), generator=g).to(images.device)
+        log.image(step, "samples/input_recon", image_grid([images, net.decode(net.encode(images, noise=noise))]))
+        return
+    sample = ddim_sample(net, fixed["cond"], schedule.with_steps(int(p.get("sample_steps", 25))), g)
+    target = fixed["clean"] if component == "ikr" else fixed["ir"]
+    rows = [ae.decode_diffusion(z) for z in (fixed["cond"], sample, target)]
+    log.image(step, "samples/cond_sample_target", image_grid(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Phase 2 (SPEC §5, Algorithm 1): train the fusion network F and its segmentation head S.
+
+    python -m training.phase2 --config training/configs/cpu_smoke.yaml
+    torchrun --nproc_per_node 8 -m training.phase2 --config training/configs/gpu_20min.yaml
+
+Ψ (IKR), Φ (CKG) and the autoencoder are frozen. For every batch:
+  1. one shared start z_T for the three streams and a random segmentation state s_T;
+  2. a random stop step i among the DDIM steps;
+  3. steps 0 .. i-1 of the fused sampler run under torch.no_grad() (no graph);
+  4. at step i, F and S run WITH gradients; the three clean-latent estimates
+     (fused, IKR, CKG) are decoded by the frozen decoder;
+  5. loss = visual_loss(fused, ikr, ckg) + seg_weight * segmentation_loss(S logits, weak masks).
+SGD (lr 1e-3, momentum 0.9, weight decay 1e-4) with StepLR, as in the reference.
+One stop step per batch (all images of a batch share t, so each network runs once per step).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from magicfuse_core.losses import segmentation_loss, visual_loss
+from magicfuse_core.models.fusion import correct_weight, fuse_noise, radiation_mask, upsample_logits
+from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids, colorize
+from magicfuse_core.schedule import DDIMSchedule
+from training.common import (EMA, RunLogger, Throughput, autocast, barrier, build_autoencoder, build_fusion,
+                             build_unet, cleanup_distributed, encode, get_latent_cache, grad_norm_, image_grid,
+                             latest_checkpoint, load_checkpoint, load_config, load_trained_module, make_dataset,
+                             repo_path, resize_images, resize_mask, save_checkpoint, setup_distributed,
+                             step_generator)
+from training.phase1 import image_batches
+
+
+def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor, schedule: DDIMSchedule,
+                    stop_index: int, g: torch.Generator, *, tau: float = 0.4,
+                    thermal_classes=DEFAULT_THERMAL_CLASSES, seg_weight: float = 1.0,
+                    fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
+    """The phase-2 loss of one batch (Algorithm 1, SPEC §5).
+
+    cond: (B, 8, h, w) condition latent in [-1, 1]; mask: (B, 4h, 4w) class ids (255 = ignore).
+    `fusion` is called with gradients at `stop_index` only; `fusion_no_grad` (default: the same
+    net, e.g. the module inside DDP) runs the steps before it. Returns (loss, details) where
+    details holds the loss parts, the stream state x_t at the stop step and the decoded images.
+    """
+    fusion_no_grad = fusion_no_grad or fusion
+    b = cond.shape[0]
+    z_T = torch.randn(cond.shape, generator=g).to(cond.device)
+    s = torch.randn((b, fusion_no_grad.config.num_classes, *cond.shape[-2:]), generator=g).to(cond.device)
+    x_ikr = x_ckg = x_fused = z_T
+
+    def t_of(i: int) -> torch.Tensor:
+        return torch.full((b,), float(schedule.timesteps[i]), device=cond.device)
+
+    with torch.no_grad():  # steps before the stop step: no graph at all
+        for i in range(stop_index):
+            eps_ikr = ikr(torch.cat([cond, x_ikr], dim=1), t_of(i)).float()
+            eps_ckg = ckg(torch.cat([cond, x_ckg], dim=1), t_of(i)).float()
+            z0_ikr, z0_ckg = schedule.predict_x0(x_ikr, eps_ikr, i), schedule.predict_x0(x_ckg, eps_ckg, i)
+            w, s = fusion_no_grad(torch.cat([z0_ikr, z0_ckg, x_fused], dim=1), eps_ikr, eps_ckg, t_of(i), s)
+            eps_fused = fuse_noise(correct_weight(w.float(), radiation_mask(s, thermal_classes), tau), eps_ikr, eps_ckg)
+            x_ikr = schedule.next_sample(z0_ikr, eps_ikr, i)
+            x_ckg = schedule.next_sample(z0_ckg, eps_ckg, i)
+            x_fused = schedule.next_sample(schedule.predict_x0(x_fused, eps_fused, i), eps_fused, i)
+        # The stop step: the frozen denoisers still need no graph.
+        i = stop_index
+        eps_ikr = ikr(torch.cat([cond, x_ikr], dim=1), t_of(i)).float()
+        eps_ckg = ckg(torch.cat([cond, x_ckg], dim=1), t_of(i)).float()
+        z0_ikr, z0_ckg = schedule.predict_x0(x_ikr, eps_ikr, i), schedule.predict_x0(x_ckg, eps_ckg, i)
+        ikr_image, ckg_image = ae.decode_diffusion(torch.cat([z0_ikr, z0_ckg])).float().chunk(2)
+    # F and S with gradients, at the stop step only.
+    w, s_next = fusion(torch.cat([z0_ikr, z0_ckg, x_fused], dim=1), eps_ikr, eps_ckg, t_of(i), s)
+    w_r = correct_weight(w.float(), radiation_mask(s_next.detach(), thermal_classes), tau)
+    z0_fused = schedule.predict_x0(x_fused, fuse_noise(w_r, eps_ikr, eps_ckg), i)
+    fused_image = ae.decode_diffusion(z0_fused).float()  # the frozen decoder passes gradients to z0_fused
+    vis_total, parts = visual_loss(fused_image, ikr_image, ckg_image)
+    seg = segmentation_loss(upsample_logits(s_next.float()), mask)
+    loss = vis_total + seg_weight * seg
+    details = {"visual": vis_total.detach(), "seg": seg.detach(), **{k: v.detach() for k, v in parts.items()},
+               "x_fused": x_fused, "x_ikr": x_ikr, "x_ckg": x_ckg, "stop_index": stop_index,
+               "images": (fused_image.detach(), ikr_image, ckg_image), "seg_logits": s_next.detach(),
+               "w_r": w_r.detach()}
+    return loss, details
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="MagicFuse phase 2: fusion network F + segmentation head S")
+    parser.add_argument("--config", required=True, help="training/configs/*.yaml")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
+    parser.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/fusion/last.pt and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return parser.parse_args(argv)
+
+
+def frozen_denoiser(checkpoint: str | None, spec: dict, seed: int):
+    """Ψ or Φ from its phase-1 checkpoint (EMA weights); random weights of `spec` without one (plumbing only)."""
+    if checkpoint:
+        net = load_trained_module(repo_path(checkpoint))
+    else:
+        torch.manual_seed(seed)
+        net = build_unet(spec)
+    return net.eval().requires_grad_(False)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    p = cfg["phase2"]
+    seed = int(cfg.get("seed", 0))
+    if cfg.get("threads"):  # small convs on a shared CPU run faster on fewer threads
+        torch.set_num_threads(int(cfg["threads"]))
+    ctx = setup_distributed(cfg.get("device", "auto"))
+    device = ctx.device
+    run_dir = repo_path(cfg["run_dir"]) / "fusion"
+    log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
+    log.info(f"phase 2: world size {ctx.world_size}, device {device}, config {args.config}")
+    tau = float(p.get("tau", 0.4))
+    thermal_classes = class_ids(p.get("thermal_classes", DEFAULT_THERMAL_CLASSES))  # names or MFNet ids
+
+    # ---- frozen networks, data -------------------------------------------------
+    ae = build_autoencoder(cfg["autoencoder"]).to(device)
+    ikr = frozen_denoiser(p.get("ikr_checkpoint"), cfg["ikr"]["unet"], seed + 1).to(device)
+    ckg = frozen_denoiser(p.get("ckg_checkpoint"), cfg["ckg"]["unet"], seed + 2).to(device)
+    schedule = DDIMSchedule(num_inference_steps=int(p.get("sampling_steps", 25)))
+    cache = None
+    if cfg["data"].get("latent_cache"):
+        cache = get_latent_cache(cfg, ae, ctx, log.info)
+    else:
+        dataset = make_dataset(cfg["data"], seed)
+        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        loader = DataLoader(dataset, batch_size=p["batch_size"], sampler=sampler, drop_last=True,
+                            num_workers=int(cfg["data"].get("num_workers", 0)), persistent_workers=False)
+    latent_crop = p.get("latent_crop", cfg["data"].get("latent_crop"))
+
+    # ---- model, optimizer ------------------------------------------------------
+    torch.manual_seed(seed)
+    fusion = build_fusion(cfg["fusion"]["net"]).to(device).train()
+    if p.get("init_weight") is not None:
+        # Start the fused stream from w = init_weight everywhere (1: the visible/IKR stream) instead of
+        # w ~ 0 (the CKG stream): F then only has to learn where to depart from it.
+        with torch.no_grad():
+            fusion.estimate[-1].weight.mul_(0.1)
+            fusion.estimate[-1].bias.fill_(float(p["init_weight"]))
+    log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
+             f"config {fusion.config.to_dict()}")
+    optimizer = torch.optim.SGD(fusion.parameters(), lr=p["lr"], momentum=p.get("momentum", 0.9),
+                                weight_decay=p.get("weight_decay", 1e-4))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
+                                                gamma=float(p.get("lr_gamma", 0.5)))
+    ema = EMA(fusion, p.get("ema_decay", 0.0))
+    step, wall_before = 0, 0.0  # wall time of the runs this one resumes
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not args.fresh:
+        state = load_checkpoint(ckpt, model=fusion, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        step, wall_before = state["step"], float(state["extra"].get("wall_s", 0.0))
+        log.info(f"resumed from {ckpt} at step {step}")
+    ddp_fusion = DistributedDataParallel(fusion) if ctx.enabled else fusion
+    if cache is None:
+        batches = image_batches(loader, sampler, dataset, step)
+
+    def next_batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if cache is not None:
+            batch = cache.batch(p["batch_size"], latent_crop, g)
+            return batch["cond"].to(device), batch["mask"].to(device)
+        batch = next(batches)
+        degraded = resize_images(batch["degraded"].to(device), cfg["data"].get("scale"))
+        return encode(ae, degraded, g), resize_mask(batch["mask"].to(device), degraded.shape[-2:])
+
+    # ---- loop -------------------------------------------------------------------
+    max_steps = int(p["max_steps"])
+    budget_s = float(p.get("time_budget_min") or 0) * 60
+    t_start, meter, losses = time.time(), Throughput(), []
+    bar = tqdm(total=max_steps, initial=step, disable=args.no_progress or not ctx.is_main, dynamic_ncols=True,
+               desc="phase2 fusion")
+    while step < max_steps:
+        g = step_generator(seed, step, ctx.rank)
+        cond, mask = next_batch(g)
+        stop_index = int(torch.randint(schedule.num_inference_steps, (1,), generator=step_generator(seed, step, 0)))
+        with autocast(device):
+            loss, details = algorithm1_loss(ddp_fusion, ikr, ckg, ae, cond, mask, schedule, stop_index, g, tau=tau,
+                                            thermal_classes=thermal_classes, seg_weight=float(p.get("seg_weight", 1.0)),
+                                            fusion_no_grad=fusion)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm_(fusion.parameters(), p.get("grad_clip"))
+        optimizer.step()
+        scheduler.step()
+        ema.update(fusion)
+        step += 1
+        meter.add(cond.shape[0])
+        losses.append(float(loss.detach()))
+        bar.update(1)
+
+        if step % p["log_every"] == 0 or step == max_steps:
+            window = losses[-p["log_every"]:]
+            scalars = {"loss": sum(window) / len(window), "visual": float(details["visual"]),
+                       "seg": float(details["seg"]), "grad_norm": gnorm, "lr": scheduler.get_last_lr()[0],
+                       **meter.rates()}
+            log.scalars(step, scalars)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", it_s=f"{scalars['steps_per_s']:.2f}")
+            log.info(f"step {step} loss {scalars['loss']:.4f} (visual {scalars['visual']:.4f} seg "
+                     f"{scalars['seg']:.4f}, stop step {stop_index}) grad {gnorm:.3f} lr {scalars['lr']:.2e} "
+                     f"{scalars['steps_per_s']:.2f} it/s")
+        if ctx.is_main and p.get("sample_every") and step % p["sample_every"] == 0:
+            fused, ikr_img, ckg_img = (x[:4] for x in details["images"])
+            seg = torch.from_numpy(colorize(upsample_logits(details["seg_logits"][:4]).argmax(1).cpu().numpy()))
+            seg = seg.permute(0, 3, 1, 2).float() / 255.0
+            log.image(step, "samples/fused_ikr_ckg_seg", image_grid([fused, ikr_img, ckg_img, seg]))
+        out_of_time = budget_s and time.time() - t_start > budget_s
+        if ctx.enabled:
+            flag = torch.tensor([float(bool(out_of_time))], device=device if device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(flag)
+            out_of_time = flag.item() > 0
+        if step % p["ckpt_every"] == 0 or step == max_steps or out_of_time:
+            if ctx.is_main:
+                save_checkpoint(run_dir / "last.pt", step=step, model=fusion, optimizer=optimizer, scheduler=scheduler,
+                                ema=ema, config=cfg,
+                                extra={"component": "fusion", "wall_s": wall_before + time.time() - t_start})
+            barrier(ctx)
+        if out_of_time:
+            log.info(f"time budget of {budget_s / 60:.1f} min reached at step {step}")
+            break
+    bar.close()
+    summary = {"component": "fusion", "step": step, "wall_s": time.time() - t_start,
+               "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1), "losses": losses}
+    log.info(f"done: step {step}, {summary['wall_s'] / 60:.1f} min, loss (last 20) {summary['final_loss']:.4f}")
+    log.close()
+    cleanup_distributed()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
