@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -21,3 +22,13 @@ def official_dir() -> Path:
 @pytest.fixture(scope="session")
 def official_meta(official_dir) -> dict:
     return json.loads((official_dir / "meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks gain nothing from a second thread, and on a busy CI machine the
+    intra-op thread barriers cost more than the work: run a module single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,14 +13,7 @@ from magicfuse_core.cli import main as cli_main
 from magicfuse_core.commands.bench import count_flops, drift, format_table, measure_peak_tflops
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks gain nothing from a second thread, and on a busy CI machine the
-    intra-op thread barriers cost more than the work: run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cpu_smoke_prints_the_table_and_writes_json(tmp_path, capsys):

@@ -18,14 +18,7 @@ from magicfuse_core.sampler import fused_sample
 
 HEIGHT, WIDTH = 40, 56  # padded by the pipeline to 64 x 64 -> latent 16 x 16
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks gain nothing from a second thread, and on a busy CI machine the
-    intra-op thread barriers cost more than the work: run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -23,14 +23,7 @@ from magicfuse_core.sampler import fused_sample
 STEPS = 3
 FRAME = (np.random.default_rng(0).random((1, 40, 56, 3)) * 255).astype(np.uint8)  # padded to 64x64 inside
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks gain nothing from a second thread, and on a busy CI machine the
-    intra-op thread barriers cost more than the work: run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
