@@ -266,6 +266,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def resume_if_any(run_dir: Path, fresh: bool, log, **states) -> tuple[int, float]:
+    """Load RUN_DIR's latest checkpoint into `states` (model=, optimizer=, ...) unless `fresh`.
+
+    Returns (step, wall seconds of the runs resumed); (0, 0.0) for a new run.
+    """
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or fresh:
+        return 0, 0.0
+    state = load_checkpoint(ckpt, **states)
+    log.info(f"resumed from {ckpt} at step {state['step']}")
+    return state["step"], float(state["extra"].get("wall_s", 0.0))
+
+
 def load_trained_module(path: Path, use_ema: bool = True) -> nn.Module:
     """A phase checkpoint -> the trained network (EMA weights when present), eval mode."""
     state = torch.load(Path(path), map_location="cpu", weights_only=False)

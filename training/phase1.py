@@ -30,7 +30,7 @@ from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training.common import (EMA, RunLogger, Throughput, autocast, barrier, build_autoencoder, build_unet,
                              cleanup_distributed, encode, get_latent_cache, grad_norm_, image_grid,
-                             latest_checkpoint, load_checkpoint, load_config, make_dataset, repo_path,
+                             load_config, make_dataset, repo_path, resume_if_any,
                              resize_images, save_checkpoint, setup_distributed, step_generator)
 
 COMPONENTS = ("autoencoder", "ikr", "ckg")
@@ -146,12 +146,9 @@ def main(argv=None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     ema = EMA(model, p.get("ema_decay", 0.999))
 
-    step, wall_before = 0, 0.0  # wall time of the runs this one resumes
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not args.fresh:
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
-        step, wall_before = state["step"], float(state["extra"].get("wall_s", 0.0))
-        log.info(f"resumed from {ckpt} at step {step}")
+    # wall_before: wall time of the runs this one resumes
+    step, wall_before = resume_if_any(run_dir, args.fresh, log, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      ema=ema)
     trained = Reconstruction(model) if component == "autoencoder" else model
     ddp_model = DistributedDataParallel(trained) if ctx.enabled else trained
     if cache is None:

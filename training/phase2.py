@@ -29,7 +29,7 @@ from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids, colorize
 from magicfuse_core.schedule import DDIMSchedule
 from training.common import (EMA, RunLogger, Throughput, autocast, barrier, build_autoencoder, build_fusion,
                              build_unet, cleanup_distributed, encode, get_latent_cache, grad_norm_, image_grid,
-                             latest_checkpoint, load_checkpoint, load_config, load_trained_module, make_dataset,
+                             load_config, load_trained_module, make_dataset, resume_if_any,
                              repo_path, resize_images, resize_mask, save_checkpoint, setup_distributed,
                              step_generator)
 from training.phase1 import image_batches
@@ -151,12 +151,9 @@ def main(argv=None) -> dict:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
                                                 gamma=float(p.get("lr_gamma", 0.5)))
     ema = EMA(fusion, p.get("ema_decay", 0.0))
-    step, wall_before = 0, 0.0  # wall time of the runs this one resumes
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not args.fresh:
-        state = load_checkpoint(ckpt, model=fusion, optimizer=optimizer, scheduler=scheduler, ema=ema)
-        step, wall_before = state["step"], float(state["extra"].get("wall_s", 0.0))
-        log.info(f"resumed from {ckpt} at step {step}")
+    # wall_before: wall time of the runs this one resumes
+    step, wall_before = resume_if_any(run_dir, args.fresh, log, model=fusion, optimizer=optimizer, scheduler=scheduler,
+                                      ema=ema)
     ddp_fusion = DistributedDataParallel(fusion) if ctx.enabled else fusion
     if cache is None:
         batches = image_batches(loader, sampler, dataset, step)
