@@ -165,9 +165,14 @@ class MagicFusePipeline:
 
     @torch.inference_mode()
     def __call__(self, images, *, seed: int | Sequence[int] = 0, steps: int | None = None, tau: float | None = None,
-                 thermal_classes=None, return_weights: bool = False, return_logits: bool = False,
-                 time_budget_s: float | None = None) -> FuseResult:
-        """images: (B, H, W, 3) uint8 (or float in [0, 1]) RGB, or a list of such (H, W, 3)."""
+                 thermal_classes=None, return_weights: bool = False, return_step_weights: bool | None = None,
+                 return_logits: bool = False, time_budget_s: float | None = None) -> FuseResult:
+        """images: (B, H, W, 3) uint8 (or float in [0, 1]) RGB, or a list of such (H, W, 3).
+
+        return_weights: `fusion_weight` (last step, image size); return_step_weights
+        (default: return_weights): also every step's w_r as numpy in `weights`, which
+        costs a device-to-host copy per step, so per-frame callers leave it off.
+        """
         batch = _as_batch(images)
         b, h, w, _ = batch.shape
         seeds = [seed + i for i in range(b)] if isinstance(seed, (int, np.integer)) else list(seed)
@@ -198,7 +203,8 @@ class MagicFusePipeline:
             w_last = out.corrected_weights[-1].float().mean(dim=1, keepdim=True)
             w_last = F.interpolate(w_last, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :rh, :rw]
             fusion_weight = torch.nan_to_num(self._to_input_size(w_last, h, w)[:, 0]).cpu().numpy()
-            weights = [wr.float().cpu().numpy() for wr in out.corrected_weights]
+            if return_weights if return_step_weights is None else return_step_weights:
+                weights = [wr.float().cpu().numpy() for wr in out.corrected_weights]
         return FuseResult(
             magimg=to_uint8(magimg), ikr=to_uint8(ikr), ckg=to_uint8(ckg), ir=to_uint8(rgb_to_gray(ckg))[..., 0],
             seg_labels=logits.argmax(dim=1).to(torch.uint8).cpu().numpy(),

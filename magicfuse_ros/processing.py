@@ -147,6 +147,7 @@ class FrameProcessor:
             tau=params.tau,
             thermal_classes=list(params.thermal_classes),
             return_weights=with_weight,
+            return_step_weights=False,  # only the last step's map is published
             time_budget_s=params.time_budget_ms / 1000.0 if params.time_budget_ms > 0 else None,
         )
         labels = result.seg_labels[0]
