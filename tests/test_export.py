@@ -114,3 +114,35 @@ def test_build_engines_without_tensorrt_fails_with_one_clear_line(tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err
     assert "build-engines: error: backend 'tensorrt' needs an NVIDIA GPU" in err
+
+
+def test_pooled_attention_fusion_net_exports_with_dynamic_size(tmp_path):
+    # The bundled model's F pools the attention keys/values (attention_pool 4): that graph must
+    # stay correct at sizes other than the traced one, as the node resizes nothing.
+    from magicfuse_core.models.fusion import FusionConfig, FusionNet
+
+    pooled = random_model("tiny", seed=2)
+    torch.manual_seed(3)
+    pooled.fusion = FusionNet(FusionConfig.from_dict({**pooled.fusion.config.to_dict(), "attention_pool": 4})).eval()
+    export_component(pooled, "fusion", tmp_path / "fusion.onnx", height=HEIGHT, width=WIDTH)
+    session = ort_session(tmp_path / "fusion.onnx")
+    for batch, height, width in ((1, HEIGHT, WIDTH), (2, 96, 128)):
+        res = verify_onnx(pooled, "fusion", tmp_path / "fusion.onnx", batch=batch, height=height, width=width,
+                          session=session, rtol=1e-4)
+        assert res.max_rel_error < 1e-4
+
+
+def test_sample_prediction_unet_exports_with_its_epsilon_conversion(tmp_path):
+    # The z0 -> epsilon conversion (a timestep-indexed table) is part of the graph, so ONNX Runtime
+    # and TensorRT engines hand the sampler the same noise as torch.
+    from magicfuse_core.models.unet import ConditionalUNet, UNetConfig
+
+    z0_model = random_model("tiny", seed=4)
+    torch.manual_seed(5)
+    z0_model.ikr = ConditionalUNet(UNetConfig.from_dict({**z0_model.ikr.config.to_dict(), "prediction": "sample"})).eval()
+    export_component(z0_model, "ikr", tmp_path / "ikr.onnx", height=HEIGHT, width=WIDTH)
+    session = ort_session(tmp_path / "ikr.onnx")
+    for batch, height, width in ((1, HEIGHT, WIDTH), (2, 96, 64)):
+        res = verify_onnx(z0_model, "ikr", tmp_path / "ikr.onnx", batch=batch, height=height, width=width,
+                          session=session, rtol=1e-4)
+        assert res.max_rel_error < 1e-4

@@ -84,3 +84,62 @@ def test_unknown_class_names_are_refused():
         class_ids(["pedestrian"])
     with pytest.raises(ValueError):
         class_ids([12])
+
+
+def test_pooled_attention_equals_full_attention_on_block_constant_maps():
+    # Every pooled key stands for pool*pool identical full-resolution keys, so the softmax
+    # weights and the output are the same: pooling only loses what varies inside a block.
+    from magicfuse_core.models.fusion import SpatialSelfAttention
+
+    torch.manual_seed(0)
+    full = SpatialSelfAttention(16, 4, pool=1).eval()
+    pooled = SpatialSelfAttention(16, 4, pool=4).eval()
+    pooled.load_state_dict(full.state_dict())
+    # GroupNorm statistics are the same for a block-constant map and its pooled copy.
+    x = torch.randn(2, 16, 3, 5).repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(x), full(x), rtol=1e-4, atol=1e-5)
+        rough = torch.randn(2, 16, 12, 20)
+        assert not torch.allclose(pooled(rough), full(rough), atol=1e-3)
+
+
+def test_fusion_attention_pool_is_a_config_field_with_the_same_parameters():
+    from magicfuse_core.models.fusion import FusionConfig, FusionNet
+
+    full = FusionNet(FusionConfig(channels=32, num_blocks=2, groups=8))
+    pooled = FusionNet(FusionConfig.from_dict({**full.config.to_dict(), "attention_pool": 4}))
+    pooled.load_state_dict(full.state_dict())  # same weights, only the attention's key/value grid differs
+    x24, eps = torch.randn(1, 24, 10, 14), torch.randn(1, 8, 10, 14)  # not a multiple of 4: ceil pooling
+    w, s = pooled(x24, eps, eps, torch.tensor([500.0]), torch.randn(1, 9, 10, 14))
+    assert w.shape == (1, 8, 10, 14) and s.shape == (1, 9, 10, 14) and torch.isfinite(w).all()
+    assert FusionConfig.from_dict({}).attention_pool == 1  # model.json files without the field: the paper's attention
+    with pytest.raises(ValueError, match="attention_pool"):
+        FusionConfig.from_dict({"attention_pool": 0})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_prediction_unet_hands_the_sampler_the_epsilon_of_its_z0(dtype):
+    # Same weights, two heads: the epsilon layout returns the body's raw output; the sample layout
+    # must return the noise whose clean estimate (x_t - sqrt(1-a) eps) / sqrt(a) is that output.
+    from magicfuse_core.models.unet import UNetConfig
+    from magicfuse_core.runtime import cast_for_precision
+    from magicfuse_core.schedule import DDIMSchedule
+
+    torch.manual_seed(0)
+    cfg = unet_config("tiny").to_dict()
+    raw_net = ConditionalUNet(UNetConfig.from_dict(cfg)).eval()
+    z0_net = ConditionalUNet(UNetConfig.from_dict({**cfg, "prediction": "sample"})).eval()
+    assert set(z0_net.state_dict()) == set(raw_net.state_dict())  # checkpoints keep one layout
+    z0_net.load_state_dict(raw_net.state_dict())
+    x, t = torch.randn(3, 16, 8, 8), torch.tensor([960.0, 400.0, 0.0])
+    with torch.no_grad():
+        z0 = raw_net.float()(x, t)
+        eps = cast_for_precision(z0_net, dtype)(x.to(dtype), t).float()  # as the torch backend's bf16 mode
+    a = DDIMSchedule().alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
+    z0_from_eps = (x[:, 8:] - (1 - a).sqrt() * eps) / a.sqrt()
+    if dtype == torch.float32:
+        torch.testing.assert_close(z0_from_eps, z0, rtol=1e-4, atol=2e-4)
+    else:  # bf16 weights: the conversion itself must not add error near t = 0 (1 - a = 8.5e-4)
+        assert float((z0_from_eps - z0).abs().mean()) < 0.05
+    with pytest.raises(ValueError, match="prediction"):
+        UNetConfig.from_dict({**cfg, "prediction": "v"})
