@@ -17,7 +17,7 @@ from magicfuse_core.imageio import write_png
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
-from training.common import EMA, build_fusion, build_unet, load_trained_module
+from training.common import EMA, build_fusion, build_unet, load_config, load_trained_module
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
@@ -103,11 +103,12 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 # ---------------------------------------------------------------------------- phase 1
 
-@pytest.mark.parametrize("component", ["ikr", "autoencoder"])
-def test_phase1_loss_is_finite_and_decreases(workdir, component):
+@pytest.mark.parametrize("component, prediction", [("ikr", "epsilon"), ("ikr", "sample"), ("autoencoder", None)])
+def test_phase1_loss_is_finite_and_decreases(workdir, component, prediction):
     # One frame without degradation or crop randomness: the run overfits it.
     cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 16, "phase1.lr": 3e-3,
-                                                    "data.degradation": "none", "data.crop": [48, 48]})
+                                                    "data.degradation": "none", "data.crop": [48, 48],
+                                                    "ikr.unet.config.prediction": prediction or "epsilon"})
     losses = phase1.main(["--config", str(cfg), "--component", component, "--no-progress"])["losses"]
     assert len(losses) == 16 and np.isfinite(losses).all()
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
@@ -139,6 +140,18 @@ def test_checkpoint_round_trip_gives_the_trained_network(workdir):
     rebuilt = build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}})
     rebuilt.load_state_dict(state["model"])
     assert torch.equal(net(x, t), rebuilt.eval()(x, t))
+
+
+def test_x0_loss_is_the_clean_estimate_error_at_every_noise_level():
+    schedule = DDIMSchedule()
+    target, noise = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    t = torch.tensor([960, 0])
+    x_t = schedule.add_noise(target, noise, t)
+    assert phase1.x0_mse(noise, x_t, target, t, schedule).item() < 1e-8  # the true noise gives the exact z0
+    wrong = noise + 0.01
+    a = torch.tensor([schedule.alpha_bar(960), schedule.alpha_bar(0)])
+    expected = float((0.01 ** 2 * (1 - a) / a).mean())  # an eps error of 0.01 costs (1 - a) / a in z0
+    assert phase1.x0_mse(wrong, x_t, target, t, schedule).item() == pytest.approx(expected, rel=1e-3)
 
 
 def test_min_snr_weights_only_the_low_noise_steps_down():
@@ -267,3 +280,14 @@ def test_export_bundles_a_loadable_trained_model(workdir):
     assert model.trained and model.info["inference_size"] == [32, 32]
     assert model.info["steps"] == {"ikr": 1, "ckg": 1, "fusion": 1}
     assert_same_weights(model.ikr.state_dict(), load_trained_module(workdir / "run/ikr/last.pt").state_dict())
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parent.parent / "training/configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_builds_its_networks(config):
+    # A typo in a profile or a network option must fail here, not 20 minutes into a GPU run.
+    cfg = load_config(str(config), [])
+    with torch.device("meta"):
+        for component in ("ikr", "ckg"):
+            assert build_unet(cfg[component]["unet"]).config.out_channels == 8
+        assert build_fusion(cfg["fusion"]["net"]).config.num_classes == 9

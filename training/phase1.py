@@ -89,6 +89,15 @@ def weighted_eps_mse(eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sc
     return (weight.view(-1, 1, 1, 1) * (eps.float() - noise.float()) ** 2).mean()
 
 
+def x0_mse(eps: torch.Tensor, x_t: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+           schedule: DDIMSchedule) -> torch.Tensor:
+    """MSE of the clean-latent estimate z0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t): the loss of
+    denoisers that predict z0 (`prediction: sample`), whose eps output is exactly their z0 re-expressed."""
+    a = schedule.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t].view(-1, 1, 1, 1)
+    z0_hat = (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
+    return F.mse_loss(z0_hat, target.float())
+
+
 @torch.no_grad()
 def ddim_sample(net, cond: torch.Tensor, schedule: DDIMSchedule, g: torch.Generator) -> torch.Tensor:
     """One-stream deterministic DDIM from z_T ~ N(0, I): (B, 8, h, w) condition -> z0 estimate."""
@@ -174,6 +183,9 @@ def main(argv=None) -> dict:
     else:
         train_timesteps = torch.arange(schedule.num_train_timesteps)
     snr_gamma = p.get("min_snr_gamma")
+    predicts_sample = component != "autoencoder" and model.config.prediction == "sample"
+    if predicts_sample and snr_gamma:
+        log.info("prediction: sample -> the loss is the z0 MSE; min_snr_gamma is not used")
 
     # ---- loop -----------------------------------------------------------------
     max_steps = int(p["max_steps"])
@@ -199,7 +211,12 @@ def main(argv=None) -> dict:
                 t = train_timesteps[torch.randint(len(train_timesteps), (len(target),), generator=g)].to(device)
                 x_t = schedule.add_noise(target, noise, t)
                 eps = ddp_model(torch.cat([batch["cond"], x_t], dim=1), t.float())
-                loss = eps_mse(eps, noise) if not snr_gamma else weighted_eps_mse(eps, noise, t, schedule, snr_gamma)
+                if predicts_sample:
+                    loss = x0_mse(eps, x_t, target, t, schedule)
+                elif snr_gamma:
+                    loss = weighted_eps_mse(eps, noise, t, schedule, snr_gamma)
+                else:
+                    loss = eps_mse(eps, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = grad_norm_(model.parameters(), p.get("grad_clip"))

@@ -3,6 +3,12 @@
 Input: concat(condition latent, x_t) -> (B, 16, h, w) in the [-1, 1] diffusion space,
 float timesteps t (B,); output: predicted noise (B, 8, h, w).
 
+`prediction="sample"` (our small models; the paper's are "epsilon"): the network body predicts the
+clean latent z0 and the module converts it to the noise the sampler and the fusion expect,
+eps = (x_t - sqrt(a_t) z0) / sqrt(1 - a_t). The released latents are small (std ~0.13 per channel),
+so at the first steps (sqrt(a_t) ~ 0.07) an epsilon error is amplified ~14x in z0_hat; a small
+network cannot predict epsilon that precisely, and a z0 prediction has no such amplification.
+
 The module tree mirrors the Stable Diffusion v1 "openaimodel" parameter layout
 (input_blocks / middle_block / output_blocks / out / time_embed) so that the
 authors' checkpoints load without renaming. Attention goes through
@@ -19,6 +25,9 @@ import torch.nn.functional as F
 from .embeddings import unet_timestep_embedding
 
 
+PREDICTIONS = ("epsilon", "sample")
+
+
 @dataclass
 class UNetConfig:
     in_channels: int = 16
@@ -29,6 +38,11 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (4, 8)
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     groups: int = 32
+    prediction: str = "epsilon"  # what the body predicts: "epsilon" (SPEC, the paper) or "sample" (z0)
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"UNet prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -233,6 +247,15 @@ class ConditionalUNet(nn.Module):
                 self.output_blocks.append(Stage(layers))
 
         self.out = nn.Sequential(GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        if cfg.prediction == "sample":
+            # sqrt(a_t) and sqrt(1 - a_t) of the SPEC schedule, per integer timestep; stored as roots so
+            # that a bf16/fp16 copy keeps them accurate (1 - a_t itself would round to 0 near t = 0).
+            # Not persistent: state dicts stay those of the epsilon layout.
+            from ..schedule import DDIMSchedule  # noqa: PLC0415
+
+            alpha_bar = DDIMSchedule().alphas_cumprod.double()
+            self.register_buffer("sqrt_alpha_bar", alpha_bar.sqrt().float(), persistent=False)
+            self.register_buffer("sqrt_one_minus_alpha_bar", (1 - alpha_bar).sqrt().float(), persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 0:
@@ -246,7 +269,14 @@ class ConditionalUNet(nn.Module):
         for stage in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = stage(h, emb, size=skips[-1].shape[-2:] if skips else None)
-        return self.out(h)
+        out = self.out(h)
+        if self.config.prediction == "epsilon":
+            return out
+        x_t = x[:, -out.shape[1]:].float()
+        index = t.round().long().clamp(0, self.sqrt_alpha_bar.shape[0] - 1)
+        s_a = self.sqrt_alpha_bar[index].float().view(-1, 1, 1, 1)
+        s_1ma = self.sqrt_one_minus_alpha_bar[index].float().view(-1, 1, 1, 1)
+        return ((x_t - s_a * out.float()) / s_1ma).to(out.dtype)
 
 
 def count_parameters(module: nn.Module) -> int:
