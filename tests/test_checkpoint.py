@@ -84,3 +84,21 @@ def test_convert_official_reports_a_missing_file(tmp_path, capsys):
                    "--fusion", "z", "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "ae.pth" in capsys.readouterr().err
+
+
+def test_the_bundled_model_is_trained_loads_strictly_and_fuses(monkeypatch):
+    # make demo, the CLI and the node default to models/demo: it must stay small, trained and runnable.
+    from pathlib import Path
+
+    from magicfuse_core.paths import default_model_dir
+
+    folder = Path(__file__).resolve().parent.parent / "models" / "demo"
+    monkeypatch.delenv("MAGICFUSE_MODEL", raising=False)
+    assert Path(default_model_dir()).resolve() == folder
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 30 * 2**20  # issue 4: at most 30 MB
+    pipe = MagicFusePipeline.from_pretrained(folder, steps=2)
+    assert pipe.trained and pipe.model.info["data"]["split"] == "train"
+    frame = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)
+    out = pipe(frame, seed=0)
+    assert out.magimg.shape == (1, 64, 96, 3) and out.seg_labels.shape == (1, 64, 96)
+    assert 5 < out.magimg.mean() < 250 and out.magimg.std() > 1  # an image, not a constant

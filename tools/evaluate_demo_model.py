@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
 
     probe = MagicFusePipeline.from_pretrained(model_dir)
     info = probe.model.info
-    size = tuple(info.get("inference_size") or (120, 160))
+    size = tuple(info["inference_size"]) if info.get("inference_size") else None  # None: native 640x480
     pipe = MagicFusePipeline(probe.model, inference_size=size, steps=args.steps)
     names = read_names(data / "val.txt")[: args.limit]
 
@@ -135,6 +135,8 @@ def main(argv=None) -> dict:
     small = {k: [] for k in full}
     ir_sim = {k: [] for k in ("CKG (generated IR)", "grey degraded VIS as IR", "grey clean VIS as IR")}
     contrast = {k: [] for k in ("degraded VIS", "IKR only", "CKG (generated IR)", "MagImg", "real IR")}
+    radiation = {k: [] for k in ("person-box pixels labelled person (%)", "mean w_r inside person boxes",
+                                 "mean w_r elsewhere")}
     grid_rows, t_infer = [], []
     start = time.time()
     for i, name in enumerate(names):
@@ -142,13 +144,14 @@ def main(argv=None) -> dict:
         ir = read_gray(data / "ir" / f"{name}.png")
         degraded = degrade_seeded(clean, seed=i, kind="random")
         t0 = time.perf_counter()
-        out = pipe(degraded[None], seed=i)
+        out = pipe(degraded[None], seed=i, return_weights=True)
         t_infer.append(time.perf_counter() - t0)
         magimg, ikr, ckg, gen_ir = out.magimg[0], out.ikr[0], out.ckg[0], out.ir[0]
         candidates = {"degraded VIS": degraded, "IKR only": ikr, "MagImg": magimg, "(clean VIS, reference)": clean}
         for k, image in candidates.items():
             full[k].append(metrics.compute_all(image, clean, ir))
-            small[k].append(metrics.compute_all(resize_u8(image, size), resize_u8(clean, size), resize_u8(ir, size)))
+            if size is not None:
+                small[k].append(metrics.compute_all(resize_u8(image, size), resize_u8(clean, size), resize_u8(ir, size)))
         grey = lambda rgb: np.round(luma(rgb)).clip(0, 255).astype(np.uint8)  # noqa: E731
         ir_sim["CKG (generated IR)"].append(metrics.ir_similarity(gen_ir, ir))
         ir_sim["grey degraded VIS as IR"].append(metrics.ir_similarity(grey(degraded), ir))
@@ -158,17 +161,23 @@ def main(argv=None) -> dict:
             for k, image in (("degraded VIS", degraded), ("IKR only", ikr), ("CKG (generated IR)", gen_ir),
                              ("MagImg", magimg), ("real IR", ir)):
                 contrast[k].append(target_contrast(image, regions))
+            inside, labels, weight = regions[0], out.seg_labels[0], out.fusion_weight[0]
+            radiation["person-box pixels labelled person (%)"].append(100.0 * float((labels[inside] == 2).mean()))
+            radiation["mean w_r inside person boxes"].append(float(weight[inside].mean()))
+            radiation["mean w_r elsewhere"].append(float(weight[~inside].mean()))
             if len(grid_rows) < 4 and (len(grid_rows) < 2) == name.endswith("N"):
                 grid_rows.append([degraded, ikr, ckg, magimg, np.repeat(ir[..., None], 3, -1), clean])
         print(f"{i + 1}/{len(names)} {name}: {t_infer[-1]:.2f} s", flush=True)
 
     results = {
-        "model": str(args.model), "info": info, "frames": len(names), "inference_size": list(size),
+        "model": str(args.model), "info": info, "frames": len(names),
+        "inference_size": list(size) if size else list(clean.shape[:2]),
         "steps": pipe.steps, "seconds_per_frame": float(np.mean(t_infer)), "eval_wall_s": time.time() - start,
-        "fusion_full_res": mean_table(full), "fusion_inference_res": mean_table(small),
+        "fusion_full_res": mean_table(full), "fusion_inference_res": mean_table(small) if size else None,
         "ir_similarity": mean_table(ir_sim),
         "person_contrast": {k: float(np.mean(v)) for k, v in contrast.items()},
         "person_frames": len(contrast["real IR"]),
+        "radiation_mask": {k: float(np.mean(v)) for k, v in radiation.items()},
     }
     grid_path = REPO / args.grid
     write_grid(grid_rows, grid_path)
@@ -203,16 +212,18 @@ def model_card(r: dict, grid_path: Path) -> str:
         checks.append((f"MagImg ahead of the degraded input on {k} (full res)",
                        full["MagImg"][k] > full["degraded VIS"][k],
                        f"{fmt(full['MagImg'][k])} vs {fmt(full['degraded VIS'][k])}"))
-    for k in ("MI", "Qabf", "VIF"):
-        checks.append((f"MagImg ahead of the degraded input on {k} (inference res)",
-                       small["MagImg"][k] > small["degraded VIS"][k],
-                       f"{fmt(small['MagImg'][k])} vs {fmt(small['degraded VIS'][k])}"))
+    if small:
+        for k in ("MI", "Qabf", "VIF"):
+            checks.append((f"MagImg ahead of the degraded input on {k} (inference res)",
+                           small["MagImg"][k] > small["degraded VIS"][k],
+                           f"{fmt(small['MagImg'][k])} vs {fmt(small['degraded VIS'][k])}"))
     sim = r["ir_similarity"]
     for k in ("PSNR", "SSIM", "CC"):
         checks.append((f"CKG closer to the real IR than grey degraded visible ({k})",
                        sim["CKG (generated IR)"][k] > sim["grey degraded VIS as IR"][k],
                        f"{fmt(sim['CKG (generated IR)'][k])} vs {fmt(sim['grey degraded VIS as IR'][k])}"))
     pc = r["person_contrast"]
+    rm = r.get("radiation_mask", {})
     checks.append(("people brighter against their surroundings in MagImg than in the degraded input",
                    pc["MagImg"] > pc["degraded VIS"], f"{pc['MagImg']:+.1f} vs {pc['degraded VIS']:+.1f} grey levels"))
     steps = info.get("steps", {})
@@ -227,10 +238,11 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         "## What it is",
         "",
-        "A deliberately small MagicFuse (SPEC §1-5) trained on a 2-core CPU in about 80 minutes, so that `make demo`,",
+        "A deliberately small MagicFuse (SPEC §1-5) trained on a 2-core CPU in about an hour, so that `make demo`,",
         "the CLI and the ROS node produce real MagImg / IKR / CKG / segmentation outputs out of the box.",
-        "It is a demonstration model, far from the paper's (SPEC §6): tiny denoisers, quarter resolution,",
-        "300 training frames.",
+        "It is a demonstration model, far from the paper's (SPEC §6): tiny denoisers that predict the clean",
+        "latent (`prediction: sample`), a fusion net with pooled attention (`attention_pool: 4`), 300 training",
+        "frames, minutes of training.",
         "",
         "| | |",
         "|---|---|",
@@ -247,7 +259,8 @@ def model_card(r: dict, grid_path: Path) -> str:
         f"| hardware | {info.get('hardware')} |",
         f"| training config | `training/configs/{info.get('config')}` (see docs/TRAINING.md) |",
         *([f"| training history | {info['notes']} |"] if info.get("notes") else []),
-        f"| inference | {r['inference_size'][0]}x{r['inference_size'][1]} (`info.inference_size`), "
+        f"| inference | {r['inference_size'][0]}x{r['inference_size'][1]} "
+        f"({'`info.inference_size`' if info.get('inference_size') else 'native: the frame size'}), "
         f"{r['steps']} DDIM steps, {r['seconds_per_frame']:.2f} s per frame on this CPU |",
         "",
         "## Evaluation protocol",
@@ -256,9 +269,9 @@ def model_card(r: dict, grid_path: Path) -> str:
         "  `degrade_seeded(clean_visible, seed=i, kind=\"random\")` for the i-th name; the pipeline runs",
         "  with `seed=i`.",
         "- Fusion metrics: `magicfuse_core.metrics.compute_all(candidate, clean visible, real infrared)`,",
-        "  mean over frames, first at full resolution (640x480: model outputs up-sampled by the pipeline),",
-        "  then at the inference resolution (every image, the two sources included, resized to it with",
-        "  antialiasing).",
+        "  mean over frames at full resolution (640x480)" + (
+            ", then at the inference resolution (every image, the two sources included, resized to it "
+            "with antialiasing)." if small else "; the networks run at that resolution too."),
         "- `(clean VIS, reference)` is the undegraded visible frame scored the same way: no method sees it; it shows",
         "  what a perfect restoration without any thermal knowledge would score. Bold = best of the three methods.",
         "",
@@ -266,10 +279,8 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         markdown_table(full, keys),
         "",
-        f"## Fusion metrics at the inference resolution ({r['inference_size'][0]}x{r['inference_size'][1]})",
-        "",
-        markdown_table(small, keys),
-        "",
+        *([f"## Fusion metrics at the inference resolution ({r['inference_size'][0]}x{r['inference_size'][1]})",
+           "", markdown_table(small, keys), ""] if small else []),
         "## CKG (generated infrared) against the real infrared",
         "",
         markdown_table(sim, ["PSNR", "SSIM", "CC"], bold_best=True),
@@ -286,6 +297,14 @@ def model_card(r: dict, grid_path: Path) -> str:
         "| | " + " | ".join(pc) + " |",
         "|---" * (len(pc) + 1) + "|",
         "| contrast | " + " | ".join(f"{v:+.1f}" for v in pc.values()) + " |",
+        "",
+        "Where the thermal knowledge can enter MagImg: the segmentation head's person label inside those boxes",
+        "(the radiation mask caps the visible stream's weight at tau there) and the last step's corrected fusion",
+        "weight w_r (1 = IKR stream, 0 = CKG stream), averaged over the same frames:",
+        "",
+        "| | " + " | ".join(rm) + " |",
+        "|---" * (len(rm) + 1) + "|",
+        "| | " + " | ".join(f"{v:.3g}" for v in rm.values()) + " |",
         "",
         "## Acceptance checks (issue 4)",
         "",
@@ -304,22 +323,28 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         *([f"- Acceptance check not met: {c} ({n})." for c, ok, n in checks if not ok] or
           ["- All acceptance checks above are met on this evaluation."]),
-        f"- MagImg vs IKR: MagImg scores MI {fmt(full['MagImg']['MI'])} / Qabf {fmt(full['MagImg']['Qabf'])} "
-        f"against IKR-only's {fmt(full['IKR only']['MI'])} / {fmt(full['IKR only']['Qabf'])}, and its person "
-        f"contrast is {pc['MagImg']:+.1f} while the CKG stream's is {pc['CKG (generated IR)']:+.1f}: when the",
-        "  fusion weight stays near 1 (the IKR stream), the warm blobs that CKG places on people barely reach",
-        "  MagImg. Phase 2 is the weakest part of this model (see the training history above).",
-        "- IKR can invent texture: under dense night haze it paints foliage-like detail that is not in the scene",
-        "  (first two rows of the grid); its metrics trail the degraded input on MI / Qabf / VIF.",
-        f"- Resolution: the networks run at {r['inference_size'][0]}x{r['inference_size'][1]}; at 640x480 every",
-        "  output is an up-sampled image, so fine texture is missing (compare SF / AG with the degraded input,",
-        "  whose noise also counts as 'detail' for those two metrics).",
-        "- Capacity and data: tiny denoisers trained for minutes on 300 MSRS frames with synthetic degradations. The",
-        "  CKG stream produces a plausible but coarse infrared impression: warm objects it has not learned to",
-        "  recognise stay dark, and it can invent warm spots. It is not a measurement.",
-        "- Segmentation: trained on weak masks (infrared person / bicycle / car boxes filled as rectangles), so its",
-        "  person / bike / car regions are blobs and the other MFNet classes (curve, guardrail, ...) are never",
-        "  learned.",
+        f"- MagImg vs IKR: MagImg scores MI {fmt(full['MagImg']['MI'])} / Qabf {fmt(full['MagImg']['Qabf'])} / "
+        f"VIF {fmt(full['MagImg']['VIF'])} against IKR-only's {fmt(full['IKR only']['MI'])} / "
+        f"{fmt(full['IKR only']['Qabf'])} / {fmt(full['IKR only']['VIF'])}; its person contrast is "
+        f"{pc['MagImg']:+.1f} against the CKG stream's {pc['CKG (generated IR)']:+.1f} and the real IR's "
+        f"{pc['real IR']:+.1f}. The fusion net was trained for minutes from w = 1 (the IKR stream) and its",
+        f"  segmentation head labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
+        f"person-box pixels as person, so the radiation mask hardly ever caps w (mean w_r in the boxes "
+        f"{rm.get('mean w_r inside person boxes', float('nan')):.2f}): MagImg follows IKR, and the",
+        "  warm people that CKG generates do not reach it. The segmentation head needs more than the 10 CPU",
+        "  minutes of phase 2 it had (weak box masks, people are a few % of the pixels).",
+        f"- Sharpness: the z0-predicting denoisers give smooth, slightly blurred images: SF {fmt(full['MagImg']['SF'])} / "
+        f"AG {fmt(full['MagImg']['AG'])} against the degraded input's {fmt(full['degraded VIS']['SF'])} / "
+        f"{fmt(full['degraded VIS']['AG'])} (whose noise also counts as detail for those two metrics).",
+        "- Capacity and data: tiny denoisers trained for minutes on 300 MSRS frames with synthetic degradations.",
+        "  The CKG stream is the weakest: a coarse, blotchy grey image with little of the scene's structure (see",
+        "  the grid) that beats the trivial guess mostly by getting the overall infrared brightness right; it",
+        f"  makes people brighter on average ({pc['CKG (generated IR)']:+.1f}) but far less than the real IR "
+        f"({pc['real IR']:+.1f}). It is not a measurement.",
+        "- Segmentation: trained on weak masks (infrared person / bicycle / car boxes filled as rectangles) for",
+        f"  minutes; it labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
+        "person-box pixels as person, and the other MFNet",
+        "  classes (curve, guardrail, ...) are never learned. Do not use its map downstream.",
         "- Domain: MSRS road scenes and MSRS-processed infrared only; other cameras need retraining",
         "  (docs/TRAINING.md).",
         "- Results depend on the sampling seed (the encoder noise, z_T and s_T); the card uses seed = frame index.",
