@@ -238,6 +238,17 @@ def test_phase2_init_weight_starts_the_fused_stream_from_ikr(workdir):
     assert (w - 1).abs().mean() < 0.2
 
 
+def test_phase2_seg_lr_scale_gives_the_segmentation_head_its_own_rate(workdir):
+    cfg = write_config(workdir, workdir / "run", **{"phase2.max_steps": 1, "phase2.lr": 1e-3,
+                                                    "phase2.seg_lr_scale": 10.0})
+    phase2.main(["--config", str(cfg), "--no-progress"])
+    body, seg = state_of(workdir / "run/fusion/last.pt")["optimizer"]["param_groups"]
+    assert seg["lr"] == pytest.approx(10 * body["lr"])
+    fusion = load_trained_module(workdir / "run/fusion/last.pt")
+    assert len(seg["params"]) == len(list(fusion.segproj.parameters()))
+    assert len(body["params"]) + len(seg["params"]) == len(list(fusion.parameters()))
+
+
 def test_phase2_with_latent_cache_resumes_exactly(workdir):
     cache = {"data.latent_cache": str(workdir / "latents.pt")}
     straight = write_config(workdir, workdir / "straight", **cache)
@@ -291,3 +302,18 @@ def test_every_shipped_config_builds_its_networks(config):
         for component in ("ikr", "ckg"):
             assert build_unet(cfg[component]["unet"]).config.out_channels == 8
         assert build_fusion(cfg["fusion"]["net"]).config.num_classes == 9
+
+
+def test_object_centred_crops_show_the_thermal_target():
+    from training.common import LatentCache
+
+    n, h, w = 3, 40, 40
+    masks = torch.zeros(n, 4 * h, 4 * w, dtype=torch.uint8)
+    masks[:, 140:148, 20:28] = 2  # one small person near the bottom-left corner of every frame
+    cache = LatentCache({"clean": torch.zeros(n, 8, h, w), "ir": torch.zeros(n, 8, h, w),
+                         "degraded": torch.zeros(n, 1, 8, h, w), "masks": masks}, {})
+    g = torch.Generator().manual_seed(0)
+    focused = cache.batch(64, (8, 8), g, focus=1.0)["mask"]
+    assert bool(((focused == 2).flatten(1).any(1)).all())  # every crop holds part of the person
+    uniform = cache.batch(64, (8, 8), g, focus=0.0)["mask"]
+    assert float((uniform == 2).flatten(1).any(1).float().mean()) < 0.2

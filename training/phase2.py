@@ -146,7 +146,12 @@ def main(argv=None) -> dict:
             fusion.estimate[-1].bias.fill_(float(p["init_weight"]))
     log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
              f"config {fusion.config.to_dict()}")
-    optimizer = torch.optim.SGD(fusion.parameters(), lr=p["lr"], momentum=p.get("momentum", 0.9),
+    # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the SPEC).
+    seg_params = list(fusion.segproj.parameters())
+    seg_ids = {id(q) for q in seg_params}
+    groups = [{"params": [q for q in fusion.parameters() if id(q) not in seg_ids], "lr": p["lr"]},
+              {"params": seg_params, "lr": p["lr"] * float(p.get("seg_lr_scale", 1.0))}]
+    optimizer = torch.optim.SGD(groups, lr=p["lr"], momentum=p.get("momentum", 0.9),
                                 weight_decay=p.get("weight_decay", 1e-4))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
                                                 gamma=float(p.get("lr_gamma", 0.5)))
@@ -160,7 +165,7 @@ def main(argv=None) -> dict:
 
     def next_batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if cache is not None:
-            batch = cache.batch(p["batch_size"], latent_crop, g)
+            batch = cache.batch(p["batch_size"], latent_crop, g, focus=float(p.get("object_crop_prob", 0.0)))
             return batch["cond"].to(device), batch["mask"].to(device)
         batch = next(batches)
         degraded = resize_images(batch["degraded"].to(device), cfg["data"].get("scale"))
