@@ -116,6 +116,16 @@ def test_build_engines_without_tensorrt_fails_with_one_clear_line(tmp_path, caps
     assert "build-engines: error: backend 'tensorrt' needs an NVIDIA GPU" in err
 
 
+def assert_export_matches_torch(model, component: str, folder, other_size: tuple[int, int, int]) -> None:
+    """Export `component` at the test size; ONNX Runtime must match torch there and at (batch, H, W) `other_size`."""
+    path = folder / f"{component}.onnx"
+    export_component(model, component, path, height=HEIGHT, width=WIDTH)
+    session = ort_session(path)
+    for batch, height, width in ((1, HEIGHT, WIDTH), other_size):
+        res = verify_onnx(model, component, path, batch=batch, height=height, width=width, session=session, rtol=1e-4)
+        assert res.max_rel_error < 1e-4
+
+
 def test_pooled_attention_fusion_net_exports_with_dynamic_size(tmp_path):
     # The bundled model's F pools the attention keys/values (attention_pool 4): that graph must
     # stay correct at sizes other than the traced one, as the node resizes nothing.
@@ -124,12 +134,7 @@ def test_pooled_attention_fusion_net_exports_with_dynamic_size(tmp_path):
     pooled = random_model("tiny", seed=2)
     torch.manual_seed(3)
     pooled.fusion = FusionNet(FusionConfig.from_dict({**pooled.fusion.config.to_dict(), "attention_pool": 4})).eval()
-    export_component(pooled, "fusion", tmp_path / "fusion.onnx", height=HEIGHT, width=WIDTH)
-    session = ort_session(tmp_path / "fusion.onnx")
-    for batch, height, width in ((1, HEIGHT, WIDTH), (2, 96, 128)):
-        res = verify_onnx(pooled, "fusion", tmp_path / "fusion.onnx", batch=batch, height=height, width=width,
-                          session=session, rtol=1e-4)
-        assert res.max_rel_error < 1e-4
+    assert_export_matches_torch(pooled, "fusion", tmp_path, other_size=(2, 96, 128))
 
 
 def test_sample_prediction_unet_exports_with_its_epsilon_conversion(tmp_path):
@@ -140,9 +145,4 @@ def test_sample_prediction_unet_exports_with_its_epsilon_conversion(tmp_path):
     z0_model = random_model("tiny", seed=4)
     torch.manual_seed(5)
     z0_model.ikr = ConditionalUNet(UNetConfig.from_dict({**z0_model.ikr.config.to_dict(), "prediction": "sample"})).eval()
-    export_component(z0_model, "ikr", tmp_path / "ikr.onnx", height=HEIGHT, width=WIDTH)
-    session = ort_session(tmp_path / "ikr.onnx")
-    for batch, height, width in ((1, HEIGHT, WIDTH), (2, 96, 64)):
-        res = verify_onnx(z0_model, "ikr", tmp_path / "ikr.onnx", batch=batch, height=height, width=width,
-                          session=session, rtol=1e-4)
-        assert res.max_rel_error < 1e-4
+    assert_export_matches_torch(z0_model, "ikr", tmp_path, other_size=(2, 96, 64))

@@ -203,6 +203,12 @@ def write_grid(rows: list[list[np.ndarray]], path: Path, tile=(96, 128)) -> None
     write_png(path, canvas)
 
 
+def one_row_table(label: str, values: dict[str, float], spec: str) -> list[str]:
+    """Markdown lines of a table with the keys as the header and one row of formatted values."""
+    return ["| | " + " | ".join(values) + " |", "|---" * (len(values) + 1) + "|",
+            f"| {label} | " + " | ".join(spec.format(v) for v in values.values()) + " |"]
+
+
 def model_card(r: dict, grid_path: Path) -> str:
     info = r["info"]
     keys = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "Nabf", "SSIM", "PSNR", "CC", "MSE"]
@@ -294,17 +300,13 @@ def model_card(r: dict, grid_path: Path) -> str:
         f"grown by half its size on every side, minus all boxes), averaged over the {r['person_frames']} val frames",
         "with people.",
         "",
-        "| | " + " | ".join(pc) + " |",
-        "|---" * (len(pc) + 1) + "|",
-        "| contrast | " + " | ".join(f"{v:+.1f}" for v in pc.values()) + " |",
+        *one_row_table("contrast", pc, "{:+.1f}"),
         "",
         "Where the thermal knowledge can enter MagImg: the segmentation head's person label inside those boxes",
         "(the radiation mask caps the visible stream's weight at tau there) and the last step's corrected fusion",
         "weight w_r (1 = IKR stream, 0 = CKG stream), averaged over the same frames:",
         "",
-        "| | " + " | ".join(rm) + " |",
-        "|---" * (len(rm) + 1) + "|",
-        "| | " + " | ".join(f"{v:.3g}" for v in rm.values()) + " |",
+        *one_row_table("", rm, "{:.3g}"),
         "",
         "## Acceptance checks (issue 4)",
         "",

@@ -426,14 +426,14 @@ class LatentCache:
         ch, cw = latent_crop or (h, w)
         tops = torch.randint(h - ch + 1, (batch_size,), generator=g)
         lefts = torch.randint(w - cw + 1, (batch_size,), generator=g)
-        centred = torch.rand(batch_size, generator=g) < focus
-        for i in range(batch_size):
-            mask = self.masks[int(idx[i])]
-            objects = ((mask > 0) & (mask < 255)).nonzero() if bool(centred[i]) else None
-            if objects is not None and len(objects):
-                y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
-                tops[i] = min(max(y - ch // 2, 0), h - ch)
-                lefts[i] = min(max(x - cw // 2, 0), w - cw)
+        if focus > 0:  # no extra draws otherwise: runs without it keep their random stream
+            for i in (torch.rand(batch_size, generator=g) < focus).nonzero().flatten().tolist():
+                mask = self.masks[int(idx[i])]
+                objects = ((mask > 0) & (mask < 255)).nonzero()
+                if len(objects):
+                    y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
+                    tops[i] = min(max(y - ch // 2, 0), h - ch)
+                    lefts[i] = min(max(x - cw // 2, 0), w - cw)
         flips = torch.rand(batch_size, generator=g) < 0.5
         out = {"cond": [], "clean": [], "ir": [], "mask": []}
         for i in range(batch_size):
