@@ -247,6 +247,9 @@ def test_phase2_seg_lr_scale_gives_the_segmentation_head_its_own_rate(workdir):
     fusion = load_trained_module(workdir / "run/fusion/last.pt")
     assert len(seg["params"]) == len(list(fusion.segproj.parameters()))
     assert len(body["params"]) + len(seg["params"]) == len(list(fusion.parameters()))
+    bad = write_config(workdir, workdir / "bad", **{"phase2.max_steps": 1, "phase2.seg_lr_scale": 0.0})
+    with pytest.raises(ValueError, match="seg_lr_scale"):
+        phase2.main(["--config", str(bad), "--no-progress"])
 
 
 def test_phase2_with_latent_cache_resumes_exactly(workdir):
@@ -317,3 +320,5 @@ def test_object_centred_crops_show_the_thermal_target():
     assert bool(((focused == 2).flatten(1).any(1)).all())  # every crop holds part of the person
     uniform = cache.batch(64, (8, 8), g, focus=0.0)["mask"]
     assert float((uniform == 2).flatten(1).any(1).float().mean()) < 0.2
+    with pytest.raises(ValueError, match="object crop probability"):
+        cache.batch(2, (8, 8), g, focus=1.5)

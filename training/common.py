@@ -420,6 +420,8 @@ class LatentCache:
         frame instead of placed uniformly: people are a few % of a street frame's pixels, so uniform crops
         rarely show the segmentation head a thermal target.
         """
+        if not 0.0 <= focus <= 1.0:
+            raise ValueError(f"object crop probability must be in [0, 1], got {focus}")
         n, v, _, h, w = self.degraded.shape
         idx = torch.randint(n, (batch_size,), generator=g)
         var = torch.randint(v, (batch_size,), generator=g)

@@ -147,6 +147,8 @@ def main(argv=None) -> dict:
     log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
              f"config {fusion.config.to_dict()}")
     # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the SPEC).
+    if float(p.get("seg_lr_scale", 1.0)) <= 0:
+        raise ValueError(f"phase2.seg_lr_scale must be > 0, got {p['seg_lr_scale']}")
     seg_params = list(fusion.segproj.parameters())
     seg_ids = {id(q) for q in seg_params}
     groups = [{"params": [q for q in fusion.parameters() if id(q) not in seg_ids], "lr": p["lr"]},
