@@ -130,6 +130,27 @@ def test_phase1_resume_continues_exactly(workdir):
     assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
 
 
+def test_object_crop_prob_reaches_the_latent_cache_batches(workdir):
+    # Per-component option (phase1.ckg.object_crop_prob): Φ sees people far more often than uniform crops show them.
+    cache = {"data.latent_cache": str(workdir / "latents.pt"), "data.latent_crop": [4, 4]}
+    focused = write_config(workdir, workdir / "focused", **cache, **{"phase1.ckg": {"object_crop_prob": 1.0}})
+    losses = phase1.main(["--config", str(focused), "--component", "ckg", "--no-progress"])["losses"]
+    assert len(losses) == 4 and np.isfinite(losses).all()
+    uniform = write_config(workdir, workdir / "uniform", **cache)
+    phase1.main(["--config", str(uniform), "--component", "ckg", "--no-progress"])
+    a, b = state_of(workdir / "focused/ckg/last.pt"), state_of(workdir / "uniform/ckg/last.pt")
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # other crops, other weights
+    bad = write_config(workdir, workdir / "bad", **cache, **{"phase1.ckg": {"object_crop_prob": 1.5}})
+    with pytest.raises(ValueError, match="object crop probability"):
+        phase1.main(["--config", str(bad), "--component", "ckg", "--no-progress"])
+    uncached = write_config(workdir, workdir / "uncached", **{"phase1.ckg": {"object_crop_prob": 0.5}})
+    with pytest.raises(ValueError, match="latent cache"):  # no silent no-op without a cache
+        phase1.main(["--config", str(uncached), "--component", "ckg", "--no-progress"])
+    uncached = write_config(workdir, workdir / "uncached2", **{"phase2.object_crop_prob": 0.5})
+    with pytest.raises(ValueError, match="latent cache"):
+        phase2.main(["--config", str(uncached), "--no-progress"])
+
+
 def test_checkpoint_round_trip_gives_the_trained_network(workdir):
     cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 2, "phase1.ema_decay": 0.0})
     phase1.main(["--config", str(cfg), "--component", "ikr", "--no-progress"])

@@ -451,6 +451,15 @@ class LatentCache:
         return batch
 
 
+def object_crop_prob(p: dict, cache: LatentCache | None) -> float:
+    """The phase's `object_crop_prob` (0 when unset); it places latent-cache crops, so it needs a cache."""
+    prob = float(p.get("object_crop_prob") or 0.0)
+    if prob and cache is None:
+        raise ValueError("object_crop_prob centres latent-cache crops (Ψ, Φ, F/S with data.latent_cache); "
+                         "this run reads no latent cache: remove the option or set data.latent_cache")
+    return prob
+
+
 def get_latent_cache(cfg: dict, ae: Autoencoder, ctx: Dist, log=print) -> LatentCache:
     """Load the run's latent cache, building it first (rank 0) when missing."""
     path = repo_path(cfg["data"]["latent_cache"])
