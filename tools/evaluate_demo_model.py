@@ -244,7 +244,7 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         "## What it is",
         "",
-        "A deliberately small MagicFuse (SPEC §1-5) trained on a 2-core CPU in about an hour, so that `make demo`,",
+        "A deliberately small MagicFuse (SPEC §1-5) trained on a 2-core CPU (wall times below), so that `make demo`,",
         "the CLI and the ROS node produce real MagImg / IKR / CKG / segmentation outputs out of the box.",
         "It is a demonstration model, far from the paper's (SPEC §6): tiny denoisers that predict the clean",
         "latent (`prediction: sample`), a fusion net with pooled attention (`attention_pool: 4`), 300 training",
@@ -333,15 +333,17 @@ def model_card(r: dict, grid_path: Path) -> str:
         f"  segmentation head labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
         f"person-box pixels as person, so the radiation mask hardly ever caps w (mean w_r in the boxes "
         f"{rm.get('mean w_r inside person boxes', float('nan')):.2f}): MagImg follows IKR, and the",
-        "  warm people that CKG generates do not reach it. The segmentation head needs more than the 10 CPU",
-        "  minutes of phase 2 it had (weak box masks, people are a few % of the pixels).",
+        "  warm people that CKG generates do not reach it. The segmentation head needs more than the "
+        f"{wall.get('fusion', 0) / 60:.0f} CPU",
+        "  minutes of phase 2 it had (weak box masks, people are a few % of the pixels); docs/TRAINING.md",
+        "  measures why capping w in the boxes would not help with this CKG and what would (the per-pixel max).",
         f"- Sharpness: the z0-predicting denoisers give smooth, slightly blurred images: SF {fmt(full['MagImg']['SF'])} / "
         f"AG {fmt(full['MagImg']['AG'])} against the degraded input's {fmt(full['degraded VIS']['SF'])} / "
         f"{fmt(full['degraded VIS']['AG'])} (whose noise also counts as detail for those two metrics).",
         "- Capacity and data: tiny denoisers trained for minutes on 300 MSRS frames with synthetic degradations.",
-        "  The CKG stream is the weakest: a coarse, blotchy grey image with little of the scene's structure (see",
-        "  the grid) that beats the trivial guess mostly by getting the overall infrared brightness right; it",
-        f"  makes people brighter on average ({pc['CKG (generated IR)']:+.1f}) but far less than the real IR "
+        "  The CKG stream is the weakest: a dark image with warm blobs where people stand and little of the",
+        "  scene's structure (see the grid); it beats the trivial guess by getting the infrared brightness",
+        f"  right, and makes people brighter ({pc['CKG (generated IR)']:+.1f}) but far less than the real IR "
         f"({pc['real IR']:+.1f}). It is not a measurement.",
         "- Segmentation: trained on weak masks (infrared person / bicycle / car boxes filled as rectangles) for",
         f"  minutes; it labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
