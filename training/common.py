@@ -452,8 +452,16 @@ class LatentCache:
 
 
 def object_crop_prob(p: dict, cache: LatentCache | None) -> float:
-    """The phase's `object_crop_prob` (0 when unset); it places latent-cache crops, so it needs a cache."""
-    prob = float(p.get("object_crop_prob") or 0.0)
+    """The phase's `object_crop_prob` (0 when unset), checked once before training starts; it places
+    latent-cache crops, so it needs a cache."""
+    value = p.get("object_crop_prob") or 0.0
+    try:
+        prob = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"object_crop_prob: object crop probability must be a number in [0, 1], "
+                         f"got {value!r}") from None
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"object_crop_prob: object crop probability must be in [0, 1], got {prob}")
     if prob and cache is None:
         raise ValueError("object_crop_prob centres latent-cache crops (Ψ, Φ, F/S with data.latent_cache); "
                          "this run reads no latent cache: remove the option or set data.latent_cache")

@@ -148,12 +148,13 @@ def main(argv=None) -> dict:
     log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
              f"config {fusion.config.to_dict()}")
     # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the SPEC).
-    if float(p.get("seg_lr_scale", 1.0)) <= 0:
-        raise ValueError(f"phase2.seg_lr_scale must be > 0, got {p['seg_lr_scale']}")
+    seg_lr_scale = float(p.get("seg_lr_scale", 1.0))
+    if seg_lr_scale <= 0:
+        raise ValueError(f"phase2.seg_lr_scale must be > 0, got {seg_lr_scale}")
     seg_params = list(fusion.segproj.parameters())
     seg_ids = {id(q) for q in seg_params}
     groups = [{"params": [q for q in fusion.parameters() if id(q) not in seg_ids], "lr": p["lr"]},
-              {"params": seg_params, "lr": p["lr"] * float(p.get("seg_lr_scale", 1.0))}]
+              {"params": seg_params, "lr": p["lr"] * seg_lr_scale}]
     optimizer = torch.optim.SGD(groups, lr=p["lr"], momentum=p.get("momentum", 0.9),
                                 weight_decay=p.get("weight_decay", 1e-4))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
