@@ -18,6 +18,10 @@ every pixel in a box gets its class, even background inside the box, and
 classes that boxes never cover (curve, guardrail, ...) are absent. Pixels
 outside every box get `outside_box_label` (0 unlabelled by default, or 255
 to ignore them in the loss). Without labels or boxes the mask is all 255.
+With `silhouette_classes` (e.g. person), the boxes of those classes keep their
+label only on the pixels the registered IR frame shows warmer than the box's
+Otsu threshold, and the colder rest of the box is ignored: a box is half
+background, and the warm body is the thermal target the radiation mask needs.
 
 Each sample is a dict of tensors:
     degraded (3, H, W) float32 in [0, 1]: the clean frame after a seeded random degradation,
@@ -43,7 +47,7 @@ from torch.utils.data import Dataset
 
 from . import degrade
 from .imageio import IMAGE_EXTENSIONS, read_gray, read_label, read_rgb
-from .palette import MFNET_CLASSES, NUM_CLASSES
+from .palette import MFNET_CLASSES, NUM_CLASSES, class_ids
 
 IGNORE_INDEX = 255
 # YOLO classes of MSRS det/classes.txt (0 person, 1 bicycle, 2 car) -> MFNet ids.
@@ -86,14 +90,30 @@ def read_yolo_boxes(path: str | Path) -> list[Box]:
     return boxes
 
 
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 values: the level that best splits them into two classes
+    (maximum between-class variance); values above it form the brighter class."""
+    hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
+    p = hist / max(hist.sum(), 1.0)
+    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1.0 - omega))
+    return float(np.argmax(np.nan_to_num(between, nan=-1.0)))
+
+
 def boxes_to_mask(boxes: list[Box], height: int, width: int, outside_box_label: int = 0,
-                  class_map: dict[int, int] = YOLO_TO_MFNET) -> np.ndarray:
+                  class_map: dict[int, int] = YOLO_TO_MFNET, ir: np.ndarray | None = None,
+                  silhouette_classes: tuple[int, ...] = ()) -> np.ndarray:
     """Weak segmentation mask (H, W) uint8 by filling boxes with their MFNet id.
 
     Larger boxes are painted first so that a smaller box inside a larger one (a
     rider on a bicycle, a person in front of a car) stays visible. Boxes whose
     class is not in `class_map` are skipped. Every box covers at least one pixel.
+    ir (H, W) uint8 with silhouette_classes (MFNet ids): a box of those classes is
+    labelled only where the IR is warmer than its Otsu threshold, the rest is ignored.
     """
+    if silhouette_classes and ir is None:
+        raise ValueError("silhouette masks need the registered IR frame")
     mask = np.full((height, width), outside_box_label, dtype=np.uint8)
     known = [b for b in boxes if b.cls in class_map]
     for box in sorted(known, key=lambda b: b.w * b.h, reverse=True):
@@ -103,7 +123,14 @@ def boxes_to_mask(boxes: list[Box], height: int, width: int, outside_box_label: 
         y1 = int(round((box.cy + box.h / 2) * height))
         x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
         x1, y1 = min(max(x1, x0 + 1), width), min(max(y1, y0 + 1), height)
-        mask[y0:y1, x0:x1] = class_map[box.cls]
+        label = class_map[box.cls]
+        if label in silhouette_classes:
+            heat = ir[y0:y1, x0:x1]
+            # A flat box (nothing warmer than the rest) keeps the whole box: no evidence to cut it.
+            warm = heat > otsu_threshold(heat) if heat.max() > heat.min() else np.ones_like(heat, bool)
+            mask[y0:y1, x0:x1] = np.where(warm, label, IGNORE_INDEX)
+        else:
+            mask[y0:y1, x0:x1] = label
     return mask
 
 
@@ -177,12 +204,13 @@ class PairedFolderDataset(Dataset):
         det_subdir: subfolder of det/ with the boxes (MSRS: visible, infrared or fusion); "" for det/ itself.
         outside_box_label: label of pixels outside all boxes in weak masks: 0 or 255 (ignore).
         with_ir: False for visible-only data (Ψ training); the sample then has no "ir".
+        silhouette_classes: MFNet ids (or names) whose weak box masks keep only the IR-warm pixels.
     """
 
     def __init__(self, root: str | Path, split: str | None = "train", names: list[str] | None = None,
                  crop_size: int | tuple[int, int] | None = None, augment: bool = True,
                  degradation: str = "random", seed: int = 0, det_subdir: str | None = "infrared",
-                 outside_box_label: int = 0, with_ir: bool = True):
+                 outside_box_label: int = 0, with_ir: bool = True, silhouette_classes=()):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {self.root}")
@@ -197,6 +225,9 @@ class PairedFolderDataset(Dataset):
         self.epoch = 0
         self.outside_box_label = outside_box_label
         self.with_ir = with_ir
+        self.silhouette_classes = class_ids(silhouette_classes)
+        if self.silhouette_classes and not with_ir:
+            raise ValueError("silhouette_classes cut weak masks with the IR frame: they need with_ir=True")
 
         self.vis_paths = index_images(self.root / "vis")
         self.ir_paths = index_images(self.root / "ir") if with_ir else {}
@@ -279,7 +310,8 @@ class PairedFolderDataset(Dataset):
             self._check_label_ids(name, arrays["mask"])
         elif self.has_boxes:
             boxes = read_yolo_boxes(self.det_dir / f"{name}.txt")
-            arrays["mask"] = boxes_to_mask(boxes, height, width, self.outside_box_label)
+            arrays["mask"] = boxes_to_mask(boxes, height, width, self.outside_box_label, ir=arrays.get("ir"),
+                                           silhouette_classes=self.silhouette_classes)
         else:
             arrays["mask"] = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
         return arrays

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from magicfuse_core import degrade, imageio
-from magicfuse_core.data import (IGNORE_INDEX, Box, PairedFolderDataset, boxes_to_mask, read_names,
-                                 read_yolo_boxes)
+from magicfuse_core.data import (IGNORE_INDEX, Box, PairedFolderDataset, boxes_to_mask, otsu_threshold,
+                                 read_names, read_yolo_boxes)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MSRS = SHARED / "data" / "msrs"
@@ -74,6 +74,41 @@ def test_yolo_classes_map_to_person_bike_car_and_small_boxes_win():
     assert mask[0, 0] == 1 and mask[6, 6] == 3 and mask[10, 10] == 2
     tiny = boxes_to_mask([Box(0, 0.5, 0.5, 0.001, 0.001)], 20, 20)
     assert (tiny == 2).sum() == 1  # a box always covers at least one pixel
+
+
+def test_silhouette_masks_keep_the_warm_body_and_ignore_the_cold_rest_of_the_box():
+    ir = np.full((20, 20), 40, np.uint8)
+    ir[4:16, 8:12] = 200                                   # a warm body in the middle of the person box
+    ir[0:10, 16:20] = 250                                  # a hot object inside the car box
+    boxes = [Box(0, 0.5, 0.5, 0.6, 0.8), Box(2, 0.9, 0.25, 0.2, 0.5)]
+    mask = boxes_to_mask(boxes, 20, 20, ir=ir, silhouette_classes=(2,))
+    assert (mask[4:16, 8:12] == 2).all()                                 # warm pixels of the person box: person
+    assert (mask[2:18, 4:8] == IGNORE_INDEX).all() and (mask[2:18, 12:16] == IGNORE_INDEX).all()
+    assert (mask[0:5, 18:20] == 1).all()                                 # cars stay whole boxes (not asked)
+    assert (mask[19, :] == 0).all()                                      # outside every box: unchanged
+    flat = boxes_to_mask([Box(0, 0.5, 0.5, 0.5, 0.5)], 20, 20, ir=np.full((20, 20), 90, np.uint8),
+                         silhouette_classes=(2,))
+    np.testing.assert_array_equal(flat, boxes_to_mask([Box(0, 0.5, 0.5, 0.5, 0.5)], 20, 20))  # no heat: whole box
+    with pytest.raises(ValueError, match="IR frame"):
+        boxes_to_mask(boxes, 20, 20, silhouette_classes=(2,))
+
+
+def test_otsu_threshold_splits_two_levels_between_them():
+    values = np.array([30] * 70 + [180] * 30, np.uint8)
+    assert 30 <= otsu_threshold(values) < 180
+
+
+def test_dataset_silhouettes_by_class_name(folder):
+    ir = np.full((HEIGHT, WIDTH), 20, np.uint8)
+    ir[10:30, 8:16] = 220
+    imageio.write_png(folder / "ir" / "a.png", ir)
+    mask = PairedFolderDataset(folder, split="train", augment=False, silhouette_classes=["person"])[0]["mask"].numpy()
+    assert (mask[10:30, 8:16] == 2).all() and (mask[:, 20:WIDTH // 2] == IGNORE_INDEX).all()
+    assert (mask[HEIGHT // 2:, WIDTH // 2:] == 1).all()
+    with pytest.raises(ValueError, match="with_ir"):
+        PairedFolderDataset(folder, split="train", with_ir=False, silhouette_classes=["person"])
+    with pytest.raises(ValueError, match="unknown MFNet class"):
+        PairedFolderDataset(folder, split="train", silhouette_classes=["persn"])
 
 
 def test_labels_take_priority_over_boxes(folder):
