@@ -17,7 +17,7 @@ from magicfuse_core.imageio import write_png
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
-from training.common import EMA, build_fusion, build_unet, load_config, load_trained_module
+from training.common import EMA, build_autoencoder, build_fusion, build_unet, load_config, load_trained_module
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
@@ -263,13 +263,90 @@ def test_phase2_seg_lr_scale_gives_the_segmentation_head_its_own_rate(workdir):
     cfg = write_config(workdir, workdir / "run", **{"phase2.max_steps": 1, "phase2.lr": 1e-3,
                                                     "phase2.seg_lr_scale": 10.0})
     phase2.main(["--config", str(cfg), "--no-progress"])
-    body, seg = state_of(workdir / "run/fusion/last.pt")["optimizer"]["param_groups"]
-    assert seg["lr"] == pytest.approx(10 * body["lr"])
+    weight_head, trunk, seg = state_of(workdir / "run/fusion/last.pt")["optimizer"]["param_groups"]
+    assert weight_head["lr"] == trunk["lr"] and seg["lr"] == pytest.approx(10 * trunk["lr"])
     fusion = load_trained_module(workdir / "run/fusion/last.pt")
     assert len(seg["params"]) == len(list(fusion.segproj.parameters()))
-    assert len(body["params"]) + len(seg["params"]) == len(list(fusion.parameters()))
+    assert len(weight_head["params"]) == len(list(fusion.estimate.parameters()))
+    assert len(weight_head["params"]) + len(trunk["params"]) + len(seg["params"]) == len(list(fusion.parameters()))
     bad = write_config(workdir, workdir / "bad", **{"phase2.max_steps": 1, "phase2.seg_lr_scale": 0.0})
     with pytest.raises(ValueError, match="seg_lr_scale"):
+        phase2.main(["--config", str(bad), "--no-progress"])
+
+
+def test_phase2_fine_tunes_from_an_exported_fusion_component(workdir, tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    start = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}})
+    save_component(start, tmp_path / "model", "fusion", dtype=torch.float16)
+    cfg = write_config(workdir, workdir / "run", **{"phase2.max_steps": 1, "phase2.lr": 0.0,
+                                                    "phase2.init_fusion": str(tmp_path / "model/fusion.safetensors")})
+    phase2.main(["--config", str(cfg), "--no-progress"])
+    trained = load_trained_module(workdir / "run/fusion/last.pt")
+    for k, v in start.state_dict().items():  # lr 0: the fp16 weights it started from, nothing else
+        torch.testing.assert_close(trained.state_dict()[k], v.half().float())
+    other = write_config(workdir, workdir / "other", **{"phase2.init_fusion": str(tmp_path / "model/none.pt")})
+    with pytest.raises(FileNotFoundError, match="none.pt"):
+        phase2.main(["--config", str(other), "--no-progress"])
+
+
+def test_latent_cache_remakes_its_masks_when_the_mask_options_change(tmp_path):
+    from training.common import LatentCache, get_latent_cache, setup_distributed
+    root = make_dataset(tmp_path / "loose")
+    for det in (root / "det/infrared").glob("*.txt"):  # boxes twice as wide as the warm blobs
+        cls, cx, cy, w, h = det.read_text().split()
+        det.write_text(f"{cls} {cx} {cy} {2 * float(w):.4f} {h}\n")
+    cfg = load_config(write_config(tmp_path, tmp_path / "run", **{"data.latent_cache": str(tmp_path / "latents.pt"),
+                                                                  "data.root": str(root)}))
+    ae = build_autoencoder(cfg["autoencoder"])
+    ctx = setup_distributed("cpu")
+    boxes = get_latent_cache(cfg, ae, ctx, log=lambda *_: None)
+    person = 2
+    assert (boxes.masks == person).any() and not (boxes.masks == 255).any()
+    cfg["data"]["silhouette_classes"] = ["person"]
+    cut = get_latent_cache(cfg, ae, ctx, log=lambda *_: None)
+    torch.testing.assert_close(cut.degraded, boxes.degraded)  # the latents are kept
+    assert (cut.masks == 255).any()                              # the cold part of each box is ignored now
+    assert ((cut.masks == person) <= (boxes.masks == person)).all()
+    assert LatentCache.load(tmp_path / "latents.pt").meta["mask_options"]["silhouette_classes"] == [person]
+
+
+def test_phase2_optimizer_is_sgd_by_default_and_adamw_on_request(workdir):
+    runs = {}
+    for kind in ("sgd", "adamw"):
+        cfg = write_config(workdir, workdir / kind, **{"phase2.max_steps": 1, "phase2.optimizer": kind})
+        phase2.main(["--config", str(cfg), "--no-progress"])
+        runs[kind] = state_of(workdir / kind / "fusion/last.pt")["optimizer"]
+    assert all("momentum_buffer" in st for st in runs["sgd"]["state"].values())
+    assert all("exp_avg_sq" in st for st in runs["adamw"]["state"].values())
+    bad = write_config(workdir, workdir / "bad", **{"phase2.max_steps": 1, "phase2.optimizer": "adam"})
+    with pytest.raises(ValueError, match="optimizer"):
+        phase2.main(["--config", str(bad), "--no-progress"])
+
+
+def test_phase2_segmentation_gradients_do_not_shrink_the_weight_heads_update(workdir):
+    # Clipping is per path: however large the segmentation loss, F's weight head moves the same.
+    heads = []
+    for name, seg_weight in (("light", 1.0), ("heavy", 1000.0)):
+        cfg = write_config(workdir, workdir / name, **{"phase2.max_steps": 1, "phase2.seg_weight": seg_weight})
+        phase2.main(["--config", str(cfg), "--no-progress"])
+        heads.append(load_trained_module(workdir / name / "fusion/last.pt").estimate.state_dict())
+    assert_same_weights(*heads)
+    torch.manual_seed(0)  # the config's seed: phase 2's initial F
+    start = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}).estimate.state_dict()
+    assert any(not torch.equal(heads[0][k], start[k]) for k in start), "the weight head was trained"
+
+
+def test_phase2_weight_lr_scale_zero_trains_only_the_segmentation_path(workdir):
+    cfg = write_config(workdir, workdir / "run", **{"phase2.max_steps": 2, "phase2.optimizer": "adamw",
+                                                    "phase2.weight_lr_scale": 0.0})
+    phase2.main(["--config", str(cfg), "--no-progress"])
+    trained = load_trained_module(workdir / "run/fusion/last.pt")
+    torch.manual_seed(0)  # the config's seed: phase 2's initial F
+    start = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}})
+    assert_same_weights(trained.estimate.state_dict(), start.estimate.state_dict())
+    assert not torch.equal(next(trained.segproj.parameters()), next(start.segproj.parameters()))
+    bad = write_config(workdir, workdir / "bad", **{"phase2.max_steps": 1, "phase2.weight_lr_scale": -1.0})
+    with pytest.raises(ValueError, match="weight_lr_scale"):
         phase2.main(["--config", str(bad), "--no-progress"])
 
 
@@ -315,6 +392,17 @@ def test_export_bundles_a_loadable_trained_model(workdir):
     assert model.trained and model.info["inference_size"] == [32, 32]
     assert model.info["steps"] == {"ikr": 1, "ckg": 1, "fusion": 1}
     assert_same_weights(model.ikr.state_dict(), load_trained_module(workdir / "run/ikr/last.pt").state_dict())
+
+    # Fine-tune F/S on top of the exported model: Ψ/Φ come from its folder, F/S's steps add up.
+    shipped = {"phase2.ikr_checkpoint": str(out / "ikr.safetensors"), "phase2.ckg_checkpoint": str(out / "ckg.safetensors"),
+               "phase2.init_fusion": str(out / "fusion.safetensors"), "phase2.max_steps": 1,
+               "data.silhouette_classes": ["person"]}
+    tuned_cfg = write_config(workdir, workdir / "tuned", **shipped)
+    phase2.main(["--config", str(tuned_cfg), "--no-progress"])
+    tuned = load_model(export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "tuned_model")]))
+    assert tuned.info["steps"] == {"ikr": 1, "ckg": 1, "fusion": 2}
+    assert "person boxes cut to their IR-warm pixels" in tuned.info["data"]["weak_masks"]
+    assert_same_weights(tuned.ckg.state_dict(), model.ckg.state_dict())
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parent.parent / "training/configs").glob("*.yaml")),

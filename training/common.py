@@ -22,12 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from magicfuse_core.checkpoint import build_component
+from magicfuse_core.checkpoint import build_component, load_component
 from magicfuse_core.data import PairedFolderDataset
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.models.fusion import PROFILES as FUSION_PROFILES
 from magicfuse_core.models.fusion import FusionConfig, FusionNet
 from magicfuse_core.models.unet import ConditionalUNet, UNetConfig, unet_config
+from magicfuse_core.palette import class_ids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -280,8 +281,14 @@ def resume_if_any(run_dir: Path, fresh: bool, log, **states) -> tuple[int, float
 
 
 def load_trained_module(path: Path, use_ema: bool = True) -> nn.Module:
-    """A phase checkpoint -> the trained network (EMA weights when present), eval mode."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    """A phase checkpoint (EMA weights when present) or a component of an exported model folder
+    (`models/demo/ckg.safetensors`: fine-tune on top of a shipped model) -> the network, eval mode."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_component(path.parent, path.stem)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
     kind = {"Autoencoder": "autoencoder", "ConditionalUNet": "unet", "FusionNet": "fusion"}[state["model_kind"]]
     module = build_component(kind, state["model_config"])
     module.load_state_dict(state["model"])
@@ -328,7 +335,15 @@ def make_dataset(data_cfg: dict, seed: int, augment: bool = True, split: str | N
         repo_path(data_cfg["root"]), split=split or data_cfg.get("split", "train"),
         crop_size=data_cfg.get("crop") if augment else None, augment=augment,
         degradation=data_cfg.get("degradation", "random"), seed=seed,
-        det_subdir=data_cfg.get("det_subdir", "infrared"), outside_box_label=data_cfg.get("outside_box_label", 0))
+        det_subdir=data_cfg.get("det_subdir", "infrared"), outside_box_label=data_cfg.get("outside_box_label", 0),
+        silhouette_classes=data_cfg.get("silhouette_classes") or ())
+
+
+def mask_options(data_cfg: dict) -> dict:
+    """The data options the weak masks depend on (a latent cache records them; see `get_latent_cache`)."""
+    return {"det_subdir": data_cfg.get("det_subdir", "infrared"),
+            "outside_box_label": int(data_cfg.get("outside_box_label", 0)),
+            "silhouette_classes": list(class_ids(data_cfg.get("silhouette_classes") or ()))}
 
 
 def resize_images(images: torch.Tensor, scale: float | None) -> torch.Tensor:
@@ -397,8 +412,19 @@ class LatentCache:
                 log(f"latent cache {index + 1}/{len(ds)} frames ({time.time() - start:.0f} s)")
         tensors = {k: torch.stack(v) for k, v in out.items()}
         meta = {"names": ds.names, "scale": scale, "variants": variants, "seed": seed,
-                "root": str(data_cfg["root"]), "split": data_cfg.get("split", "train")}
+                "root": str(data_cfg["root"]), "split": data_cfg.get("split", "train"),
+                "mask_options": mask_options(data_cfg)}
         return cls(tensors, meta)
+
+    def remake_masks(self, data_cfg: dict) -> None:
+        """Recompute the weak masks for new mask options (silhouettes, ...) without re-encoding a frame."""
+        ds = make_dataset({**data_cfg, "degradation": "none"}, int(self.meta.get("seed", 0)), augment=False)
+        if ds.names != self.meta["names"]:
+            raise ValueError("the latent cache was built from other frames than this config lists: delete it "
+                             "to rebuild it")
+        self.masks = torch.stack([resize_mask(ds[i]["mask"][None], self.masks.shape[-2:])[0].to(torch.uint8)
+                                  for i in range(len(ds))])
+        self.meta["mask_options"] = mask_options(data_cfg)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -474,6 +500,15 @@ def get_latent_cache(cfg: dict, ae: Autoencoder, ctx: Dist, log=print) -> Latent
     if ctx.is_main and not path.is_file():
         log(f"building latent cache {path}")
         LatentCache.build(cfg["data"], ae, int(cfg.get("seed", 0)), log).save(path)
+    elif ctx.is_main:
+        cache = LatentCache.load(path)
+        # A cache from before the options were recorded was made with the defaults.
+        built_with = cache.meta.get("mask_options", mask_options({}))
+        if built_with != mask_options(cfg["data"]):
+            log(f"latent cache {path}: masks made with {built_with}, config asks {mask_options(cfg['data'])}: "
+                f"remaking the masks (the latents stay)")
+            cache.remake_masks(cfg["data"])
+            cache.save(path)
     barrier(ctx)
     return LatentCache.load(path)
 

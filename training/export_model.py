@@ -2,13 +2,15 @@
 
     python -m training.export_model --config training/configs/cpu_demo.yaml --out models/demo
 
-Takes the EMA weights of RUN_DIR/{ikr,ckg,fusion}/last.pt and the config's autoencoder,
+Takes the EMA weights of RUN_DIR/{ikr,ckg,fusion}/last.pt (Ψ/Φ: or the exported components phase 2
+was given) and the config's autoencoder,
 and records provenance in model.json `info`: trained, inference_size (the default of
 the CLI and the node), data, profile, steps and wall time per phase, hardware.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -37,6 +39,33 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
 
 
+def trained_component(run_dir: Path, name: str, phase2: dict) -> tuple[torch.nn.Module, int | None, float | None]:
+    """(network, steps, wall seconds) of `name`: RUN_DIR/<name>/last.pt, or for Ψ/Φ the exported component
+    that phase 2 was given (`phase2.ikr_checkpoint: models/demo/ikr.safetensors`), whose steps and wall
+    time come from its folder's model.json."""
+    source = phase2.get(f"{name}_checkpoint") if name in ("ikr", "ckg") else None
+    if source and str(source).endswith(".safetensors"):
+        steps, wall = recorded_training(repo_path(source))
+        return load_trained_module(repo_path(source)), steps, wall
+    path = run_dir / name / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint for {name}: {path} (train it first, see docs/TRAINING.md)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    steps, wall = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
+    start = phase2.get("init_fusion") if name == "fusion" else None
+    if start and str(start).endswith(".safetensors"):  # a fine-tuned F/S: count the training it started from
+        base_steps, base_wall = recorded_training(repo_path(start))
+        steps, wall = steps + (base_steps or 0), wall + (base_wall or 0.0)
+    return load_trained_module(path), steps, round(wall, 1)
+
+
+def recorded_training(component: Path) -> tuple[int | None, float | None]:
+    """(steps, wall seconds) that an exported component's model.json records for it (None when it does not)."""
+    meta = component.parent / "model.json"
+    info = json.loads(meta.read_text()).get("info", {}) if meta.is_file() else {}
+    return (info.get("steps") or {}).get(component.stem), (info.get("wall_time_s") or {}).get(component.stem)
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -50,13 +79,7 @@ def main(argv=None) -> Path:
 
     nets, steps, wall = {}, {}, {}
     for name in ("ikr", "ckg", "fusion"):
-        path = run_dir / name / "last.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint for {name}: {path} (train it first, see docs/TRAINING.md)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        steps[name] = int(state["step"])
-        wall[name] = round(float(state["extra"].get("wall_s", 0.0)), 1)
-        nets[name] = load_trained_module(path)
+        nets[name], steps[name], wall[name] = trained_component(run_dir, name, cfg["phase2"])
     ae_spec = cfg["autoencoder"]
     ae_source = ("phase-1 checkpoint " + str(ae_spec["checkpoint"]) if ae_spec.get("checkpoint") else
                  "released MagicFuse autoencoder (authors' ae.pth), frozen" if ae_spec.get("official") else
@@ -71,7 +94,9 @@ def main(argv=None) -> Path:
         "data": {"root": str(data["root"]), "split": data.get("split", "train"),
                  "frames": len(read_names(split_file)) if split_file.is_file() else None,
                  "degradation": data.get("degradation", "random"), "scale": data.get("scale"),
-                 "weak_masks": f"det/{data.get('det_subdir', 'infrared')} boxes (person, bike, car)"},
+                 "weak_masks": f"det/{data.get('det_subdir', 'infrared')} boxes (person, bike, car)" + (
+                     f"; {', '.join(map(str, data['silhouette_classes']))} boxes cut to their IR-warm pixels"
+                     if data.get("silhouette_classes") else "")},
         "profile": {"autoencoder": ae_source, "ikr": cfg["ikr"]["unet"], "ckg": cfg["ckg"]["unet"],
                     "fusion": cfg["fusion"]["net"]},
         "steps": steps,

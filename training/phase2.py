@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from magicfuse_core.checkpoint import load_state_dict_strict
 from magicfuse_core.losses import segmentation_loss, visual_loss
 from magicfuse_core.models.fusion import correct_weight, fuse_noise, radiation_mask, upsample_logits
 from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids, colorize
@@ -139,7 +140,12 @@ def main(argv=None) -> dict:
     # ---- model, optimizer ------------------------------------------------------
     torch.manual_seed(seed)
     fusion = build_fusion(cfg["fusion"]["net"]).to(device).train()
-    if p.get("init_weight") is not None:
+    if p.get("init_fusion"):
+        # Fine-tune a trained F/S (a phase-2 checkpoint or an exported fusion.safetensors), e.g. with new
+        # masks, instead of starting over; a resumed run's own checkpoint still takes precedence below.
+        trained = load_trained_module(repo_path(p["init_fusion"]))
+        load_state_dict_strict(fusion, trained.state_dict(), f"phase2.init_fusion {p['init_fusion']}")
+    elif p.get("init_weight") is not None:
         # Start the fused stream from w = init_weight everywhere (1: the visible/IKR stream) instead of
         # w ~ 0 (the CKG stream): F then only has to learn where to depart from it.
         with torch.no_grad():
@@ -151,12 +157,29 @@ def main(argv=None) -> dict:
     seg_lr_scale = float(p.get("seg_lr_scale", 1.0))
     if seg_lr_scale <= 0:
         raise ValueError(f"phase2.seg_lr_scale must be > 0, got {seg_lr_scale}")
+    # weight_lr_scale: the weight head's factor; 0 freezes it (train S on top of a trained F's weights).
+    weight_lr_scale = float(p.get("weight_lr_scale", 1.0))
+    if weight_lr_scale < 0:
+        raise ValueError(f"phase2.weight_lr_scale must be >= 0, got {weight_lr_scale}")
+    # Gradient clipping is per path: the weight head (F's w) and the trunk + segmentation head. The
+    # segmentation loss's gradients are 10-40x the weight head's visual-loss gradients, so one global norm
+    # clipped at grad_clip scaled the weight head's updates to almost nothing (w stayed 0.99-1.0).
+    weight_params = list(fusion.estimate.parameters())
     seg_params = list(fusion.segproj.parameters())
-    seg_ids = {id(q) for q in seg_params}
-    groups = [{"params": [q for q in fusion.parameters() if id(q) not in seg_ids], "lr": p["lr"]},
+    own = {id(q) for q in weight_params + seg_params}
+    trunk_params = [q for q in fusion.parameters() if id(q) not in own]
+    groups = [{"params": weight_params, "lr": p["lr"] * weight_lr_scale}, {"params": trunk_params, "lr": p["lr"]},
               {"params": seg_params, "lr": p["lr"] * seg_lr_scale}]
-    optimizer = torch.optim.SGD(groups, lr=p["lr"], momentum=p.get("momentum", 0.9),
-                                weight_decay=p.get("weight_decay", 1e-4))
+    # SGD is the SPEC's; AdamW scales each parameter's step by its own gradient history, which a short
+    # budget needs: the weight head's visual-loss gradients are ~0.1-0.5, too small for SGD at lr 1e-3.
+    kind = p.get("optimizer", "sgd")
+    if kind == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=p["lr"], momentum=p.get("momentum", 0.9),
+                                    weight_decay=p.get("weight_decay", 1e-4))
+    elif kind == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=p["lr"], weight_decay=p.get("weight_decay", 1e-4))
+    else:
+        raise ValueError(f"phase2.optimizer must be sgd (SPEC) or adamw, got {kind!r}")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
                                                 gamma=float(p.get("lr_gamma", 0.5)))
     ema = EMA(fusion, p.get("ema_decay", 0.0))
@@ -191,7 +214,8 @@ def main(argv=None) -> dict:
                                             fusion_no_grad=fusion)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = grad_norm_(fusion.parameters(), p.get("grad_clip"))
+        gnorm_w = grad_norm_(weight_params, p.get("grad_clip"))
+        gnorm = grad_norm_(trunk_params + seg_params, p.get("grad_clip"))
         optimizer.step()
         scheduler.step()
         ema.update(fusion)
@@ -203,12 +227,15 @@ def main(argv=None) -> dict:
         if step % p["log_every"] == 0 or step == max_steps:
             window = losses[-p["log_every"]:]
             scalars = {"loss": sum(window) / len(window), "visual": float(details["visual"]),
-                       "seg": float(details["seg"]), "grad_norm": gnorm, "lr": scheduler.get_last_lr()[0],
+                       "seg": float(details["seg"]), "grad_norm": gnorm, "grad_norm_weight_head": gnorm_w,
+                       "w_r_mean": float(details["w_r"].mean()),
+                       "lr": scheduler.get_last_lr()[1],  # the trunk's: the weight head's may be scaled
                        **meter.rates()}
             log.scalars(step, scalars)
             bar.set_postfix(loss=f"{scalars['loss']:.4f}", it_s=f"{scalars['steps_per_s']:.2f}")
             log.info(f"step {step} loss {scalars['loss']:.4f} (visual {scalars['visual']:.4f} seg "
-                     f"{scalars['seg']:.4f}, stop step {stop_index}) grad {gnorm:.3f} lr {scalars['lr']:.2e} "
+                     f"{scalars['seg']:.4f}, stop step {stop_index}) grad {gnorm:.3f} (w head {gnorm_w:.3f}) "
+                     f"w_r {scalars['w_r_mean']:.3f} lr {scalars['lr']:.2e} "
                      f"{scalars['steps_per_s']:.2f} it/s")
         if ctx.is_main and p.get("sample_every") and step % p["sample_every"] == 0:
             fused, ikr_img, ckg_img = (x[:4] for x in details["images"])
