@@ -144,7 +144,7 @@ class FrameProcessor:
         result = self.pipeline(
             rgb[None],
             seed=seed,
-            tau=params.tau,
+            tau=params.tau if params.tau >= 0 else None,  # negative: the model's own tau
             thermal_classes=list(params.thermal_classes),
             return_weights=with_weight,
             return_step_weights=False,  # only the last step's map is published

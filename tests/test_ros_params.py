@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 
@@ -109,7 +110,7 @@ def test_descriptors_carry_type_range_and_read_only():
     props = params.parameter_schema()["properties"]
     tau = params.descriptor("tau", props["tau"])
     assert tau.type == ParameterType.PARAMETER_DOUBLE and tau.read_only
-    assert (tau.floating_point_range[0].from_value, tau.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert (tau.floating_point_range[0].from_value, tau.floating_point_range[0].to_value) == (-1.0, 1.0)
     steps = params.descriptor("steps", props["steps"])
     assert steps.type == ParameterType.PARAMETER_INTEGER
     assert (steps.integer_range[0].from_value, steps.integer_range[0].to_value) == (0, 1000)
@@ -126,3 +127,25 @@ def test_docs_parameter_table_is_generated_from_the_schema():
     doc = (REPO / "docs" / "ROS.md").read_text()
     for name in params.parameter_schema()["properties"]:
         assert f"| `{name}` |" in doc
+
+
+class _RecordingPipeline:
+    """Stands in for MagicFusePipeline: records the call, returns one all-zero frame's outputs."""
+
+    def __call__(self, images, **kwargs):
+        from magicfuse_core.pipeline import FuseResult
+        self.kwargs = kwargs
+        h, w = images.shape[1:3]
+        zeros = np.zeros((1, h, w, 3), np.uint8)
+        return FuseResult(magimg=zeros, ikr=zeros, ckg=zeros, ir=zeros[..., 0], seg_labels=zeros[..., 0],
+                          seg_logits=None, fusion_weight=np.ones((1, h, w), np.float32), weights=None,
+                          steps_run=1, cut_short=False)
+
+
+@pytest.mark.parametrize("tau, passed", [(-1.0, None), (0.4, 0.4), (0.0, 0.0)])
+def test_negative_tau_leaves_the_models_own_tau(tau, passed):
+    from magicfuse_ros.processing import FrameProcessor
+    pipeline = _RecordingPipeline()
+    values = {**params.defaults(), "tau": tau}
+    FrameProcessor(pipeline, params.validate(values)).process(np.zeros((8, 8, 3), np.uint8))
+    assert pipeline.kwargs["tau"] == passed  # None: MagicFusePipeline uses model.tau (model.json)
