@@ -172,7 +172,8 @@ def main(argv=None) -> dict:
     results = {
         "model": str(args.model), "info": info, "frames": len(names),
         "inference_size": list(size) if size else list(clean.shape[:2]),
-        "steps": pipe.steps, "seconds_per_frame": float(np.mean(t_infer)), "eval_wall_s": time.time() - start,
+        "steps": pipe.steps, "tau": pipe.model.tau, "seconds_per_frame": float(np.mean(t_infer)),
+        "eval_wall_s": time.time() - start,
         "fusion_full_res": mean_table(full), "fusion_inference_res": mean_table(small) if size else None,
         "ir_similarity": mean_table(ir_sim),
         "person_contrast": {k: float(np.mean(v)) for k, v in contrast.items()},
@@ -329,14 +330,15 @@ def model_card(r: dict, grid_path: Path) -> str:
         f"VIF {fmt(full['MagImg']['VIF'])} against IKR-only's {fmt(full['IKR only']['MI'])} / "
         f"{fmt(full['IKR only']['Qabf'])} / {fmt(full['IKR only']['VIF'])}; its person contrast is "
         f"{pc['MagImg']:+.1f} against the CKG stream's {pc['CKG (generated IR)']:+.1f} and the real IR's "
-        f"{pc['real IR']:+.1f}. The fusion net was trained for minutes from w = 1 (the IKR stream) and its",
+        f"{pc['real IR']:+.1f}. Thermal knowledge reaches MagImg through the radiation mask: the",
         f"  segmentation head labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
-        f"person-box pixels as person, so the radiation mask hardly ever caps w (mean w_r in the boxes "
-        f"{rm.get('mean w_r inside person boxes', float('nan')):.2f}): MagImg follows IKR, and the",
-        "  warm people that CKG generates do not reach it. The segmentation head needs more than the "
-        f"{wall.get('fusion', 0) / 60:.0f} CPU",
-        "  minutes of phase 2 it had (weak box masks, people are a few % of the pixels); docs/TRAINING.md",
-        "  measures why capping w in the boxes would not help with this CKG and what would (the per-pixel max).",
+        "person-box pixels as person (its training masks, the boxes cut to their IR-warm",
+        f"  pixels, cover about a third of a box), and there w is capped at tau = {r.get('tau', float('nan')):g} "
+        f"(mean w_r in the boxes {rm.get('mean w_r inside person boxes', float('nan')):.2f},",
+        f"  elsewhere {rm.get('mean w_r elsewhere', float('nan')):.3f}: it also fires on some background). "
+        "The fusion net's own weights stay near w = 1 (the IKR",
+        "  stream) outside the mask. tau is above the paper's 0.4 because capping harder made whole frames darker",
+        "  through the released decoder's InstanceNorm and cost Qabf (docs/TRAINING.md).",
         f"- Sharpness: the z0-predicting denoisers give smooth, slightly blurred images: SF {fmt(full['MagImg']['SF'])} / "
         f"AG {fmt(full['MagImg']['AG'])} against the degraded input's {fmt(full['degraded VIS']['SF'])} / "
         f"{fmt(full['degraded VIS']['AG'])} (whose noise also counts as detail for those two metrics).",
@@ -345,10 +347,10 @@ def model_card(r: dict, grid_path: Path) -> str:
         "  scene's structure (see the grid); it beats the trivial guess by getting the infrared brightness",
         f"  right, and makes people brighter ({pc['CKG (generated IR)']:+.1f}) but far less than the real IR "
         f"({pc['real IR']:+.1f}). It is not a measurement.",
-        "- Segmentation: trained on weak masks (infrared person / bicycle / car boxes filled as rectangles) for",
-        f"  minutes; it labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
-        "person-box pixels as person, and the other MFNet",
-        "  classes (curve, guardrail, ...) are never learned. Do not use its map downstream.",
+        f"- Segmentation: trained for minutes on weak masks ({data.get('weak_masks')}); it labels "
+        f"{rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the",
+        "  person-box pixels as person, and the other MFNet classes (curve, guardrail, ...) are never learned.",
+        "  Do not use its map downstream.",
         "- Domain: MSRS road scenes and MSRS-processed infrared only; other cameras need retraining",
         "  (docs/TRAINING.md).",
         "- Results depend on the sampling seed (the encoder noise, z_T and s_T); the card uses seed = frame index.",
