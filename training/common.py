@@ -497,9 +497,11 @@ def object_crop_prob(p: dict, cache: LatentCache | None) -> float:
 def get_latent_cache(cfg: dict, ae: Autoencoder, ctx: Dist, log=print) -> LatentCache:
     """Load the run's latent cache, building it first (rank 0) when missing."""
     path = repo_path(cfg["data"]["latent_cache"])
+    cache = None  # rank 0 keeps what it loaded or built: the file is hundreds of MB
     if ctx.is_main and not path.is_file():
         log(f"building latent cache {path}")
-        LatentCache.build(cfg["data"], ae, int(cfg.get("seed", 0)), log).save(path)
+        cache = LatentCache.build(cfg["data"], ae, int(cfg.get("seed", 0)), log)
+        cache.save(path)
     elif ctx.is_main:
         cache = LatentCache.load(path)
         # A cache from before the options were recorded was made with the defaults.
@@ -510,7 +512,7 @@ def get_latent_cache(cfg: dict, ae: Autoencoder, ctx: Dist, log=print) -> Latent
             cache.remake_masks(cfg["data"])
             cache.save(path)
     barrier(ctx)
-    return LatentCache.load(path)
+    return cache if cache is not None else LatentCache.load(path)
 
 
 class Throughput:
