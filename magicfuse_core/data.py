@@ -47,9 +47,7 @@ from torch.utils.data import Dataset
 
 from . import degrade
 from .imageio import IMAGE_EXTENSIONS, read_gray, read_label, read_rgb
-from .palette import MFNET_CLASSES, NUM_CLASSES, class_ids
-
-IGNORE_INDEX = 255
+from .palette import IGNORE_INDEX, MFNET_CLASSES, NUM_CLASSES, class_ids
 # YOLO classes of MSRS det/classes.txt (0 person, 1 bicycle, 2 car) -> MFNet ids.
 YOLO_TO_MFNET: dict[int, int] = {
     0: MFNET_CLASSES.index("person"),

@@ -13,13 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .color import ycbcr_from_planes
+from .palette import IGNORE_INDEX
+
 # Weights of the visual terms (SPEC §5).
 CONTRAST_WEIGHT = 6.0
 TEXTURE_WEIGHT = 10.0
 COLOR_WEIGHT = 5.0  # applied to Cr and to Cb separately
 # Cross-entropy class weights for MFNet ids 0..8 (SPEC §5): rare classes weigh more.
 MFNET_CLASS_WEIGHTS: tuple[float, ...] = (0.4, 0.8, 1.0, 2.0, 4.0, 1.8, 1.8, 1.5, 1.5)
-IGNORE_INDEX = 255
 
 _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
@@ -33,11 +35,7 @@ def rgb_to_ycbcr(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) RGB images, got {tuple(images.shape)}")
     images = images.float()
-    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
-    luma = 0.299 * red + 0.587 * green + 0.114 * blue
-    cr = (red - luma) * 0.713 + 0.5
-    cb = (blue - luma) * 0.564 + 0.5
-    return luma, cb, cr
+    return ycbcr_from_planes(images[:, 0:1], images[:, 1:2], images[:, 2:3])
 
 
 def sobel_magnitude(channel: torch.Tensor) -> torch.Tensor:

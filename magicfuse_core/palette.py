@@ -24,8 +24,13 @@ MFNET_PALETTE = np.array(
     dtype=np.uint8,
 )
 
+# Label value that losses and metrics skip (pixels no weak mask speaks for).
+IGNORE_INDEX = 255
+
 # Classes that are hot in the thermal band; the reference uses {person}.
 DEFAULT_THERMAL_CLASSES: tuple[int, ...] = (MFNET_CLASSES.index("person"),)
+# Cap on the visible stream's weight inside the radiation map: the paper's best value (SPEC §4).
+DEFAULT_TAU = 0.4
 
 
 def class_ids(names_or_ids) -> tuple[int, ...]:
