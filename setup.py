@@ -47,5 +47,8 @@ setup(
             "magicfuse = magicfuse_core.cli:main",
             "magicfuse_node = magicfuse_ros.node:main",
         ],
+        # The ROS-free core finds the ROS sub-command and demo step here (it never imports magicfuse_ros).
+        "magicfuse.commands": ["bag = magicfuse_ros.cli"],
+        "magicfuse.demo_steps": ["ros = magicfuse_ros.cli:demo_step"],
     },
 )

@@ -1,14 +1,15 @@
 """`magicfuse demo`: the bundled model on the bundled frames (what `make demo` runs).
 
 1. `magicfuse fuse` over samples/msrs/vis -> OUT/fuse/{magimg,ikr,ckg,seg,seg_labels}.
-2. When ROS 2 (rclpy) is importable: a rosbag2 of the frames, the real node run on
-   it through rclpy (live replay), and the output bag + PNGs -> OUT/ros/.
+2. Every step other installed packages register in the entry-point group
+   `magicfuse.demo_steps` (`step(samples_dir, out_dir, device) -> exit code`), into
+   OUT/<step name>/. The ROS package registers `ros`: a rosbag2 of the frames, the
+   real node run on it through rclpy (live replay), and the output bag + PNGs.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from ..paths import find_data
@@ -19,8 +20,11 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-ros", action="store_true", help="skip the ROS part even when rclpy is available")
+    p.add_argument("--no-ros", action="store_true", help="skip the ROS step even when it is installed")
     p.set_defaults(func=run)
+
+
+DEMO_STEP_GROUP = "magicfuse.demo_steps"
 
 
 def run(args) -> int:
@@ -29,16 +33,13 @@ def run(args) -> int:
     samples = find_data("samples/msrs")
     if samples is None:
         raise FileNotFoundError("bundled sample frames (samples/msrs) not found")
-    print(f"[demo] 1/2 magicfuse fuse {samples / 'vis'} -> {args.out / 'fuse'}", flush=True)
+    steps = [] if args.no_ros else sorted(entry_points(group=DEMO_STEP_GROUP), key=lambda ep: ep.name)
+    total = 1 + len(steps)
+    print(f"[demo] 1/{total} magicfuse fuse {samples / 'vis'} -> {args.out / 'fuse'}", flush=True)
     rc = cli_main(["fuse", str(samples / "vis"), "--out", str(args.out / "fuse"), "--device", args.device])
-    if rc:
-        return rc
-    if args.no_ros:
-        return 0
-    if importlib.util.find_spec("rclpy") is None or importlib.util.find_spec("magicfuse_ros.live_replay") is None:
-        print("[demo] 2/2 skipped: rclpy is not installed (pip install -r requirements-ros.txt)", file=sys.stderr)
-        return 0
-    from magicfuse_ros.live_replay import demo as ros_demo
-
-    print(f"[demo] 2/2 ROS: bag from the frames, the real node through rclpy -> {args.out / 'ros'}", flush=True)
-    return int(ros_demo(samples, args.out / "ros", device=args.device) or 0)
+    for n, ep in enumerate(steps, start=2):
+        if rc:
+            break
+        print(f"[demo] {n}/{total} {ep.name}", flush=True)
+        rc = int(ep.load()(samples, args.out / ep.name, args.device) or 0)
+    return rc

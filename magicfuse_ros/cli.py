@@ -14,6 +14,10 @@
 
 Needs only `rosbags` (no ROS install). The live counterpart, through the real node
 and rclpy, is `python -m magicfuse_ros.live_replay`.
+
+The core's `magicfuse` command knows nothing of ROS: this package registers the
+`bag` sub-command and the ROS step of `magicfuse demo` through the entry-point
+groups `magicfuse.commands` and `magicfuse.demo_steps` (setup.py).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import add_model_options
+from magicfuse_core.commands.common import add_model_options
 
 
 def register(sub) -> None:
@@ -58,7 +62,7 @@ def register(sub) -> None:
 
 
 def run_make(args) -> int:
-    from magicfuse_ros.bag import make_bag
+    from .bag import make_bag
 
     start_ns = None if args.start is None else int(round(args.start * 1e9))
     try:
@@ -90,8 +94,8 @@ def replay_overrides(args) -> dict:
 
 
 def run_replay(args) -> int:
-    from magicfuse_ros.bag import replay_bag
-    from magicfuse_ros.params import load_param_file
+    from .bag import replay_bag
+    from .params import load_param_file
 
     params = load_param_file(args.params_file, replay_overrides(args))
     try:
@@ -102,3 +106,16 @@ def run_replay(args) -> int:
     summary = {k: report[k] for k in ("frames_in", "frames_out", "mean_processing_ms", "cut_short", "messages_written")}
     print(json.dumps(summary, indent=1))
     return 0 if report["frames_out"] == report["frames_in"] else 1
+
+
+def demo_step(samples_dir: Path, out_dir: Path, device: str) -> int:
+    """The ROS half of `magicfuse demo`: a bag of the sample frames through the real node."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("rclpy") is None:
+        print("[demo] ROS step skipped: rclpy is not installed (pip install -r requirements-ros.txt)", flush=True)
+        return 0
+    from .live_replay import demo  # noqa: PLC0415 (rclpy loads only here)
+
+    print(f"[demo] ROS: bag from the frames, the real node through rclpy -> {out_dir}", flush=True)
+    return int(demo(samples_dir, out_dir, device=device) or 0)
