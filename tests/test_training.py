@@ -17,7 +17,12 @@ from magicfuse_core.imageio import write_png
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
-from training.common import EMA, build_autoencoder, build_fusion, build_unet, load_config, load_trained_module
+from training.builders import build_autoencoder, build_fusion, build_unet
+from training.checkpoints import load_trained_module
+from training.config import load_config
+from training.distributed import setup_distributed
+from training.ema import EMA
+from training.latent_cache import LatentCache, get_latent_cache
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
@@ -290,7 +295,6 @@ def test_phase2_fine_tunes_from_an_exported_fusion_component(workdir, tmp_path):
 
 
 def test_latent_cache_remakes_its_masks_when_the_mask_options_change(tmp_path):
-    from training.common import LatentCache, get_latent_cache, setup_distributed
     root = make_dataset(tmp_path / "loose")
     for det in (root / "det/infrared").glob("*.txt"):  # boxes twice as wide as the warm blobs
         cls, cx, cy, w, h = det.read_text().split()
@@ -417,8 +421,6 @@ def test_every_shipped_config_builds_its_networks(config):
 
 
 def test_object_centred_crops_show_the_thermal_target():
-    from training.common import LatentCache
-
     n, h, w = 3, 40, 40
     masks = torch.zeros(n, 4 * h, 4 * w, dtype=torch.uint8)
     masks[:, 140:148, 20:28] = 2  # one small person near the bottom-left corner of every frame
