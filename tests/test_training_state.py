@@ -192,3 +192,24 @@ def test_single_process_runs_join_no_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("joined a group"))
     assert not setup_distributed("cpu").enabled
+
+
+# ---------------------------------------------------------------------------- training checkpoint
+
+def test_training_checkpoint_names_its_network_and_loads_strictly(tmp_path):
+    from training.builders import build_unet
+    from training.checkpoints import load_trained_module, save_checkpoint
+
+    spec = {"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}
+    net = build_unet(spec)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    path = save_checkpoint(tmp_path / "last.pt", ctx=Dist(), step=3, model=net, optimizer=optimizer)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert state["kind"] == "unet" and state["world_size"] == 1 and len(state["rng"]) == 1
+    for k, v in load_trained_module(path).state_dict().items():
+        assert torch.equal(v, net.state_dict()[k]), k
+    dropped = next(iter(state["model"]))
+    del state["model"][dropped]
+    torch.save(state, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match=f"damaged.pt does not match the network: 1 missing key.*{dropped}"):
+        load_trained_module(tmp_path / "damaged.pt")

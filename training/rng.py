@@ -68,9 +68,7 @@ def restore_rng_states(saved: list | dict, ctx: Dist, seed: int, step: int) -> s
     the run that wrote it, CUDA states of every visible device), read as a world size of 1.
     """
     if isinstance(saved, dict):  # older checkpoints: one state, taken on rank 0
-        cuda = saved.get("cuda")
-        saved = [{**saved, "cuda": cuda[ctx.device.index or 0] if cuda and ctx.device.type == "cuda"
-                  and len(cuda) > (ctx.device.index or 0) else None}]
+        saved = [{**saved, "cuda": _this_devices_state(saved.get("cuda"), ctx.device)}]
     if len(saved) == ctx.world_size:
         set_rng_state(saved[ctx.rank], ctx.device)
         return None
@@ -78,3 +76,11 @@ def restore_rng_states(saved: list | dict, ctx: Dist, seed: int, step: int) -> s
     return (f"the checkpoint holds the RNG states of {len(saved)} process(es), this run has {ctx.world_size}: "
             f"each rank's global RNGs are reseeded from (seed {seed}, step {step}, its rank) (the per-step "
             f"generators do not depend on them)")
+
+
+def _this_devices_state(per_device: list | None, device: torch.device) -> torch.Tensor | None:
+    """From an older checkpoint's CUDA states of every visible device, the one of `device`."""
+    index = device.index or 0
+    if device.type != "cuda" or not per_device or index >= len(per_device):
+        return None
+    return per_device[index]
