@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magicfuse_core import metrics
+from magicfuse_core.evaluation import metrics
 from magicfuse_core.data import read_names, read_yolo_boxes
 from magicfuse_core.degrade import degrade_seeded
 from magicfuse_core.imageio import read_gray, read_rgb, write_png
