@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -38,6 +39,7 @@ from .processing import FrameProcessor, FrameStopped, class_list_json
 LAZY_INPUT_PERIOD_S = 0.2
 # A stamp this far from the node's clock (either way) comes from another time base.
 FOREIGN_CLOCK_MIN_S = 60.0
+WORKER_THREAD = "magicfuse-worker"
 # How long stop() waits for a frame in the pipeline (it stops between two sampling steps).
 STOP_TIMEOUT_S = 1.5
 
@@ -111,6 +113,7 @@ class FusionWorker:
         self._timers: list = []
         self._camera_info: CameraInfo | None = None
         self._clock_warned = False
+        self._abandoned = False  # stop() gave up waiting for the frame in the pipeline (and counted it)
 
         # ---- publishers ----
         overridable = QoSOverridingOptions.with_default_policies()
@@ -143,13 +146,17 @@ class FusionWorker:
     def start(self) -> None:
         self._class_list_pub.publish(String(data=class_list_json(self.params.thermal_classes)))
         self._stop.clear()
+        self._abandoned = False
         self._slot = LatestFrameSlot()
-        self._thread = threading.Thread(target=self._work, name="magicfuse-worker", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=WORKER_THREAD, daemon=True)
         self._thread.start()
-        self._timers.append(self.node.create_timer(self.params.diagnostics_period_s, lambda: self.debug.report(self.stats)))
+        # Wall-clock timers: with use_sim_time, a paused /clock must not stop the diagnostics or the subscriber checks.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._timers.append(self.node.create_timer(self.params.diagnostics_period_s, lambda: self.debug.report(self.stats),
+                                                   clock=steady))
         inputs = ", ".join(self.node.resolve_topic_name(private(t)) for t in self._input_topics())
         if self.params.lazy_input:
-            self._timers.append(self.node.create_timer(LAZY_INPUT_PERIOD_S, self._update_subscriptions))
+            self._timers.append(self.node.create_timer(LAZY_INPUT_PERIOD_S, self._update_subscriptions, clock=steady))
             self.log.info(f"ready: listening on {inputs} while an image output has a subscriber (lazy_input)")
         else:
             self._subscribe()
@@ -166,7 +173,9 @@ class FusionWorker:
             self.stats.count("dropped_stopped")
         if self._thread is not None:
             self._thread.join(timeout=STOP_TIMEOUT_S)
-            if self._thread.is_alive():
+            if self._thread.is_alive():  # the frame it holds will never be published: count it now
+                self._abandoned = True
+                self.stats.count("dropped_stopped")
                 self.log.warning(f"the worker is still in the pipeline after {STOP_TIMEOUT_S} s; leaving it behind")
             self._thread = None
 
@@ -245,12 +254,11 @@ class FusionWorker:
                 break
             try:
                 self._process_frame(frame)
-            except FrameStopped:
-                self.stats.count("dropped_stopped")
             except Exception as exc:  # noqa: BLE001 - the worker must outlive any single frame
-                if self._stop.is_set():
-                    self.stats.count("dropped_stopped")  # shutting down: the context may be gone
-                    break
+                if isinstance(exc, FrameStopped) or self._stop.is_set():  # stopping: the context may be gone
+                    if not self._abandoned:
+                        self.stats.count("dropped_stopped")
+                    continue
                 self.stats.failed(f"{type(exc).__name__}: {exc}")
                 self.log.error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
                 release_gpu_memory_after(exc)

@@ -12,12 +12,15 @@ one `FusionWorker`.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 
 import rclpy
 from rclpy.node import Node
 
-from .fusion_worker import FusionWorker
+from .fusion_worker import WORKER_THREAD, FusionWorker
 from .params import NODE_NAME, ParameterError, declare_and_validate
 from .processing import ModelLoadError, load_and_warm_up
 
@@ -56,30 +59,41 @@ def log_counters(logger, counters: dict) -> None:
 def run(make_node, argv: list[str] | None = None) -> int:
     """Spin the node `make_node()` builds until SIGINT/SIGTERM; exit 0, 2 on bad parameters, 1 when the model cannot load.
 
-    rclpy's own signal handlers turn SIGINT and SIGTERM into a context shutdown, so
-    spin returns; `close()` then stops the worker and logs the counters once.
+    The signals only set a flag here (rclpy's own handlers would shut the context
+    down first, and the counters could then no longer reach /rosout): the node is
+    closed while ROS is still up, then ROS is shut down.
     """
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     logger = rclpy.logging.get_logger(NODE_NAME)
     node = None
     code = 0
     try:
         node = make_node()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except ParameterError as exc:
         logger.fatal(f"{exc}; not starting")
         code = 2
     except ModelLoadError as exc:
         logger.fatal(f"{exc}; not starting")
         code = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     finally:
         if node is not None:
             node.close()
         rclpy.try_shutdown()
+    if any(t.name == WORKER_THREAD and t.is_alive() for t in threading.enumerate()):
+        # A worker stuck inside a native call would abort the interpreter's shutdown: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

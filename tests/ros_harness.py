@@ -30,7 +30,7 @@ TINY_NODE = {"model_path": "random-tiny", "steps": 2, "device": "cpu", "cpu_thre
 PICTURE = np.random.default_rng(11).integers(0, 256, (H, W, 3), dtype=np.uint8)
 
 __all__ = ["DOMAIN", "FRAME_TIMEOUT", "H", "W", "PICTURE", "START_TIMEOUT", "TINY_NODE", "Harness", "LifecycleClient",
-           "NodeProcess", "RosClient", "image_msg", "stamp_ns", "stop_recording", "time_msg", "topics", "unique_namespace",
+           "NodeProcess", "RosClient", "image_msg", "node_parameters", "stamp_ns", "stop_recording", "time_msg", "topics", "unique_namespace",
            "wait_until"]
 
 
@@ -133,6 +133,18 @@ class Harness:
             stop_recording(self.client, recorder)
         self.client.node.destroy_publisher(self.image_pub)
         self.client.node.destroy_publisher(self.compressed_pub)
+
+
+def node_parameters(client: RosClient, node_fqn: str, names: list[str], timeout: float = 10.0) -> dict:
+    """{name: value} of a remote node's parameters, through its ~/get_parameters service (missing: None)."""
+    from rclpy.parameter import parameter_value_to_python
+    from rclpy.parameter_client import AsyncParameterClient
+
+    parameters = AsyncParameterClient(client.node, node_fqn)  # its service clients live as long as `client`
+    assert parameters.wait_for_services(timeout_sec=timeout), f"no parameter services on {node_fqn}"
+    future = parameters.get_parameters(names)
+    assert wait_until(future.done, timeout), f"no answer from {node_fqn}/get_parameters"
+    return {n: parameter_value_to_python(v) for n, v in zip(names, future.result().values)}
 
 
 class LifecycleClient:

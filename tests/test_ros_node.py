@@ -21,8 +21,8 @@ cv2 = pytest.importorskip("cv2")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from ros_harness import (DOMAIN, FRAME_TIMEOUT, PICTURE, TINY_NODE, H, Harness, NodeProcess, RosClient,  # noqa: E402
-                         W, image_msg, stamp_ns, stop_recording, topics, unique_namespace, wait_until)
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+                         W, image_msg, node_parameters, stamp_ns, stop_recording, time_msg, topics, unique_namespace, wait_until)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from magicfuse_core.palette import MFNET_CLASSES, NUM_CLASSES, colorize  # noqa: E402
@@ -140,6 +140,95 @@ def test_compressed_input_is_decoded(node):
     out = node.send_and_wait(msg)
     assert out["magimg"].header == msg.header
     assert np.array_equal(conversions.image_to_rgb(out["magimg"]), reference)
+
+
+# ---- time base: every frame is processed whatever clock stamped it (issue 12.1) -----------------
+
+HOUR_NS = 3600 * 10**9
+
+
+def test_frames_from_any_clock_are_processed_with_their_stamp_kept(node):
+    """Default (max_input_age_ms 0): stamps at 0 s, host time, 1 h in the past and in the future all give outputs."""
+    start = node.fresh_counters()
+    now_ns = node.client.node.get_clock().now().nanoseconds
+    for label, stamp in (("zero", 0), ("host", now_ns), ("an hour ago", now_ns - HOUR_NS),
+                         ("in an hour", now_ns + HOUR_NS)):
+        msg = node.frame(frame_id=f"clock_{label.replace(' ', '_')}")
+        msg.header.stamp = time_msg(stamp)
+        out = node.send_and_wait(msg)
+        assert out["magimg"].header == msg.header, label
+    end = node.fresh_counters()
+    assert end["processed"] - start["processed"] == 4
+    assert end["dropped_stale"] == start["dropped_stale"] == 0
+    assert node.process.log().count("the camera clock differs") == 1  # one warning, not one per frame
+
+
+# ---- QoS: REP-2003 defaults, any publisher reliability accepted (issue 12.3) ------------------------
+
+def test_default_qos_is_sensor_data_in_and_reliable_out(node):
+    from rclpy.qos import ReliabilityPolicy
+
+    graph = node.client.node
+    [input_sub] = [i for i in graph.get_subscriptions_info_by_topic(TOPICS["input"]) if i.node_name == "magicfuse"]
+    assert input_sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    [output_pub] = graph.get_publishers_info_by_topic(TOPICS["magimg"])
+    assert output_pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    # The policies are ROS 2's standard override parameters (the graph does not carry the depth).
+    names = [f"qos_overrides.{TOPICS['input']}.subscription.{policy}" for policy in ("reliability", "history", "depth")]
+    names += [f"qos_overrides.{TOPICS['magimg']}.publisher.{policy}" for policy in ("reliability", "depth")]
+    values = node_parameters(node.client, f"{NAMESPACE}/magicfuse", names)
+    assert list(values.values()) == ["best_effort", "keep_last", 5, "reliable", 1]
+
+
+@pytest.mark.parametrize("reliable", [True, False], ids=["reliable_publisher", "best_effort_publisher"])
+def test_default_input_qos_takes_reliable_and_best_effort_publishers(node, reliable):
+    publisher = node.client.publisher(Image, TOPICS["input"], reliable=reliable)
+    try:
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 10.0)
+        msg = node.frame()
+        stamp = stamp_ns(msg)
+        # Best effort may lose a sample while the new publisher is being matched: resend until one comes out.
+        assert wait_until(lambda: publisher.publish(msg) or all(node.outputs_for(stamp).values()), FRAME_TIMEOUT,
+                          poll=0.5, while_alive=node.process)
+    finally:
+        node.client.node.destroy_publisher(publisher)
+
+
+# ---- camera_info pass-through (issue 12.4) -------------------------------------------------------
+
+def test_no_camera_info_is_published_without_an_input_camera_info(node):
+    infos = node.client.recorder(CameraInfo, TOPICS["camera_info"])
+    try:
+        wait_until(lambda: infos.subscription.get_publisher_count() > 0, 10.0)
+        node.send_and_wait(node.frame())
+        time.sleep(0.5)
+        assert len(infos) == 0
+    finally:
+        stop_recording(node.client, infos)
+
+
+def test_camera_info_carries_each_output_frames_header_and_size(node):
+    infos = node.client.recorder(CameraInfo, TOPICS["camera_info"], depth=20)
+    info_pub = node.client.publisher(CameraInfo, TOPICS["input_camera_info"], reliable=True)
+    camera = CameraInfo(width=2 * W, height=2 * H, distortion_model="plumb_bob", d=[0.1, 0.0, 0.0, 0.0, 0.0],
+                        k=[100.0, 0.0, 80.0, 0.0, 100.0, 64.0, 0.0, 0.0, 1.0],
+                        p=[100.0, 0.0, 80.0, 0.0, 0.0, 100.0, 64.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    try:
+        assert wait_until(lambda: info_pub.get_subscription_count() > 0, 10.0)
+        wait_until(lambda: infos.subscription.get_publisher_count() > 0, 10.0)
+        info_pub.publish(camera)
+        out = node.send_until_output(lambda: (info_pub.publish(camera), node.frame(frame_id="camera_info_test"))[1],
+                                     {"camera_info": infos})
+        info, frame = out["camera_info"], out["_input"]
+        assert info.header == frame.header
+        assert (info.width, info.height) == (W, H)  # the output image's size
+        assert list(info.k) == [50.0, 0.0, 40.0, 0.0, 50.0, 32.0, 0.0, 0.0, 1.0]  # intrinsics scaled to it
+        assert info.distortion_model == "plumb_bob" and list(info.d) == list(camera.d)
+        magimg = node.outputs_for(stamp_ns(frame))["magimg"][0]
+        assert (magimg.width, magimg.height) == (info.width, info.height)
+    finally:
+        stop_recording(node.client, infos)
+        node.client.node.destroy_publisher(info_pub)
 
 
 # ---- bad input: skipped with a warning, the next good frame still processed --------------------
