@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from magicfuse_core import metrics as m  # noqa: E402
+from magicfuse_core.evaluation import metrics as m  # noqa: E402
 
 SHARED_TRIPLE = Path(__file__).resolve().parents[1].parent / "shared" / "metrics" / "syn_480x640_lowcontrast"
 

@@ -21,7 +21,8 @@ from .models.autoencoder import Autoencoder, AutoencoderConfig
 from .models.fusion import FusionConfig, FusionNet
 from .models.fusion import PROFILES as FUSION_PROFILES
 from .models.unet import ConditionalUNet, UNetConfig, unet_config
-from .palette import DEFAULT_THERMAL_CLASSES, class_ids
+from .denoiser import EpsilonDenoiser
+from .palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids
 from .schedule import DDIMSchedule
 
 FORMAT_VERSION = 1
@@ -112,7 +113,7 @@ class MagicFuseModel:
     ckg: ConditionalUNet
     fusion: FusionNet
     schedule: DDIMSchedule = field(default_factory=DDIMSchedule)
-    tau: float = 0.4
+    tau: float = DEFAULT_TAU
     thermal_classes: tuple[int, ...] = DEFAULT_THERMAL_CLASSES
     info: dict = field(default_factory=dict)  # provenance: trained?, data, steps, ...
 
@@ -127,6 +128,16 @@ class MagicFuseModel:
     @property
     def trained(self) -> bool:
         return bool(self.info.get("trained", False))
+
+    def denoiser(self, name: str) -> EpsilonDenoiser:
+        """Ψ ("ikr") or Φ ("ckg") as the sampler calls it, `(x, t) -> eps`: the conversion from
+        what the net predicts (its config's `prediction`) uses this model's schedule, so a model
+        always samples with the alpha table it records."""
+        if name not in ("ikr", "ckg"):
+            raise ValueError(f"denoisers are 'ikr' and 'ckg', got {name!r}")
+        net = getattr(self, name)
+        device = next(net.parameters()).device
+        return EpsilonDenoiser(net, net.config.prediction, self.schedule.alphas_cumprod).to(device)
 
 
 # Whole-model profiles: which component profiles go together.
@@ -191,5 +202,5 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
     schedule = DDIMSchedule(sch.get("num_train_timesteps", 1000), sch.get("beta_start", 0.00085),
                             sch.get("beta_end", 0.012), sch.get("beta_schedule", "linear"), sch.get("steps", 25))
     return MagicFuseModel(mods["autoencoder"], mods["ikr"], mods["ckg"], mods["fusion"], schedule,
-                          float(meta.get("tau", 0.4)), class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
+                          float(meta.get("tau", DEFAULT_TAU)), class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
                           dict(meta.get("info", {})))

@@ -158,7 +158,7 @@ def index_images(folder: Path) -> dict[str, Path]:
     return found
 
 
-def parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+def check_crop_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """crop size -> (height, width), checking multiples of 16; None stays None."""
     if size is None:
         return None
@@ -216,7 +216,7 @@ class PairedFolderDataset(Dataset):
             raise ValueError(f"unknown degradation {degradation!r}; use random, none or one of {', '.join(degrade.KINDS)}")
         if outside_box_label not in (0, IGNORE_INDEX):
             raise ValueError(f"outside_box_label must be 0 (unlabelled) or {IGNORE_INDEX} (ignore), got {outside_box_label}")
-        self.crop = parse_size(crop_size)
+        self.crop = check_crop_size(crop_size)
         self.augment = augment
         self.degradation = degradation
         self.seed = seed

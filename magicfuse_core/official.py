@@ -20,7 +20,7 @@ from .checkpoint import MagicFuseModel, load_state_dict_strict, save_model
 from .models.autoencoder import Autoencoder
 from .models.fusion import FusionConfig, FusionModule, FusionNet
 from .models.unet import ConditionalUNet, UNetConfig
-from .palette import DEFAULT_THERMAL_CLASSES
+from .palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES
 from .sampler import fused_sample as _fused_sample
 from .schedule import DDIMSchedule
 
@@ -99,7 +99,7 @@ def load_denoiser(src, config: Mapping) -> ConditionalUNet:
     return net.eval()
 
 
-def load_fusion(src, num_classes: int = 9, tau: float = 0.4, thermal_classes=DEFAULT_THERMAL_CLASSES) -> FusionModule:
+def load_fusion(src, num_classes: int = 9, tau: float = DEFAULT_TAU, thermal_classes=DEFAULT_THERMAL_CLASSES) -> FusionModule:
     """Returns a module called as `net(x24, eps_ikr, eps_ckg, t, seg_state)` ->
     `(eps_fused, seg_logits_full, seg_state)`; `.net` is the bare FusionNet."""
     net = FusionNet(FusionConfig(num_classes=num_classes))
@@ -118,7 +118,7 @@ def fused_sample(ikr, ckg, fusion, autoencoder: Autoencoder, cond_latent: torch.
     if isinstance(fusion, FusionModule):
         net, tau, classes = fusion.net, fusion.tau, fusion.thermal_classes
     else:
-        net, tau, classes = fusion, 0.4, DEFAULT_THERMAL_CLASSES
+        net, tau, classes = fusion, DEFAULT_TAU, DEFAULT_THERMAL_CLASSES
     out = _fused_sample(ikr, ckg, net, cond_latent, z_T, seg_T, DDIMSchedule(num_inference_steps=steps),
                         tau=tau, thermal_classes=classes)
     images = autoencoder.decode_diffusion(torch.cat([out.z0_fused, out.z0_ikr, out.z0_ckg]))

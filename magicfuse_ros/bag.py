@@ -311,7 +311,7 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, *, params, topic: str | 
 
 def _evaluate(png_dir: Path, progress) -> dict:
     """The evaluation report over the replay's PNGs (fusion metrics, generated-IR similarity)."""
-    from magicfuse_core.evaluate import EvalConfig, format_means, run_evaluation
+    from magicfuse_core.evaluation import EvalConfig, format_means, run_evaluation
 
     config = EvalConfig(vis=png_dir / "vis", ir=png_dir / "ir_real", out=png_dir / "eval",
                         results={"magimg": png_dir / "magimg", "generated_ir": png_dir / "ir"},

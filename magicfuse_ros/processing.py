@@ -79,29 +79,20 @@ def load_pipeline(params: MagicFuseParams, log=print):
     """
     import torch
 
-    from magicfuse_core.pipeline import MagicFusePipeline
-    from magicfuse_core.runtime import apply_backend, parse_backend_spec
+    from magicfuse_core.pipeline import RANDOM_MODEL_PREFIX as CORE_RANDOM_PREFIX
+    from magicfuse_core.pipeline import load_pipeline as core_load_pipeline
 
-    steps = params.steps or None
     if params.cpu_threads > 0:
         torch.set_num_threads(params.cpu_threads)
     try:
-        device = resolve_device(params.device)
-        backend, backend_options = parse_backend_spec(params.backend)
-        if params.model_path.startswith(RANDOM_MODEL_PREFIX):
-            profile = params.model_path[len(RANDOM_MODEL_PREFIX):]
-            log(f"building random (untrained) '{profile}' networks on {device}")
-            pipeline = MagicFusePipeline.random(profile=profile, seed=params.seed, device=device, steps=steps,
-                                                inference_size=params.processing_size)
+        model = params.model_path
+        if model.startswith(CORE_RANDOM_PREFIX):
+            log(f"building random (untrained) '{model[len(CORE_RANDOM_PREFIX):]}' networks")
         else:
-            folder = resolve_model_path(params.model_path)
-            log(f"loading model {folder} on {device}")
-            pipeline = MagicFusePipeline.from_pretrained(folder, device=device, backend="torch", steps=steps,
-                                                         inference_size=params.processing_size or "auto")
-        if backend != "torch" or backend_options:
-            log(f"preparing backend {params.backend} (may export or build engines on first use)")
-            apply_backend(pipeline, backend, **backend_options)
-        return pipeline
+            model = str(resolve_model_path(model))
+            log(f"loading model {model} (backend {params.backend}; may export or build engines on first use)")
+        return core_load_pipeline(model, device=params.device, backend=params.backend, steps=params.steps or None,
+                                  size=params.processing_size or "auto", log=log)
     except (FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as exc:
         raise ModelLoadError(f"cannot load model '{params.model_path}': {exc}") from exc
 

@@ -10,7 +10,7 @@ import torch
 
 from magicfuse_core.checkpoint import random_model
 from magicfuse_core.cli import main as cli_main
-from magicfuse_core.commands.bench import count_flops, drift, format_table, measure_peak_tflops
+from magicfuse_core.benchmark import count_flops, drift, format_table, measure_peak_tflops
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

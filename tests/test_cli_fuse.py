@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from magicfuse_core.cli import main as cli_main
-from magicfuse_core.commands.fuse import OUTPUT_DIRS
 from magicfuse_core.imageio import read_gray, read_rgb, write_png
 
 
@@ -27,7 +26,7 @@ def test_fuse_writes_every_output_for_every_readable_frame(inputs, tmp_path, cap
     assert rc == 0
     err = capsys.readouterr().err
     assert "notes.txt" in err and "broken.png" in err and "UNTRAINED" in err
-    for sub in OUTPUT_DIRS:
+    for sub in ("magimg", "ikr", "ckg", "seg", "seg_labels"):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["a.png", "b.png", "c.png"], sub
     assert read_rgb(out / "magimg" / "a.png").shape == (24, 40, 3)
     assert read_rgb(out / "magimg" / "c.png").shape == (20, 28, 3)
@@ -57,3 +56,30 @@ def test_a_missing_model_folder_is_a_clear_error(inputs, tmp_path, capsys):
     folder, _ = inputs
     assert cli_main(["fuse", str(folder), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
     assert "model.json" in capsys.readouterr().err
+
+
+def test_outputs_option_computes_and_writes_only_what_is_asked(inputs, tmp_path, monkeypatch):
+    from magicfuse_core.pipeline import MagicFusePipeline
+
+    folder, _ = inputs
+    decoded = []
+    real_decode = MagicFusePipeline._decode
+
+    def counting_decode(self, out, wanted, *args):
+        images = real_decode(self, out, wanted, *args)
+        decoded.append(sorted(images))
+        return images
+
+    monkeypatch.setattr(MagicFusePipeline, "_decode", counting_decode)
+    out = tmp_path / "out"
+    assert cli_main(["fuse", str(folder), "--out", str(out), "--model", "random-tiny", "--steps", "1",
+                     "--outputs", "magimg,seg"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["magimg", "seg", "seg_labels"]
+    assert decoded and all(kinds == ["magimg"] for kinds in decoded)  # IKR and CKG never decoded
+
+
+def test_outputs_option_rejects_unknown_kinds(inputs, tmp_path, capsys):
+    folder, _ = inputs
+    with pytest.raises(SystemExit):
+        cli_main(["fuse", str(folder), "--out", str(tmp_path / "o"), "--outputs", "magimg,thermal"])
+    assert "subset of magimg,ikr,ckg,seg" in capsys.readouterr().err

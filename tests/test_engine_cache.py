@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from magicfuse_core.engine_cache import EngineCache, EngineKey
+from magicfuse_core.backends.engine_cache import EngineCache, EngineKey
 
 
 def make_key(**changes) -> EngineKey:

@@ -11,9 +11,9 @@ import torch
 
 from magicfuse_core.checkpoint import random_model
 from magicfuse_core.cli import main as cli_main
-from magicfuse_core.export import (DEFAULT_COMPONENTS, export_component, export_model, latent_size, onnx_sha256,
-                                   ort_session, verify_onnx)
-from magicfuse_core.runtime import OrtNet
+from magicfuse_core.backends.onnx_export import export_component, export_model, onnx_sha256, verify_onnx
+from magicfuse_core.backends.onnx_runtime import OrtNet, ort_session
+from magicfuse_core.io_contract import DEFAULT_COMPONENTS, Channels, latent_size
 from magicfuse_core.sampler import fused_sample
 
 HEIGHT, WIDTH = 40, 56  # padded by the pipeline to 64 x 64 -> latent 16 x 16
@@ -65,16 +65,17 @@ def test_onnxruntime_matches_torch(model, exported, component, batch, height, wi
 
 def test_short_sampling_run_matches_torch(model, exported):
     _, _, sessions = exported
-    hooks = {c: OrtNet(sessions[c], c, torch.device("cpu")) for c in ("ikr", "ckg", "fusion")}
+    hooks = {c: OrtNet(sessions[c], c, torch.device("cpu"), Channels.of(model)) for c in ("ikr", "ckg", "fusion")}
     g = torch.Generator().manual_seed(0)
     cond = torch.rand(1, 8, 16, 16, generator=g) * 2 - 1
     z_T, seg_T = torch.randn(1, 8, 16, 16, generator=g), torch.randn(1, 9, 16, 16, generator=g)
     schedule = model.schedule.with_steps(4)
     with torch.no_grad():
-        ref = fused_sample(model.ikr, model.ckg, model.fusion, cond, z_T, seg_T, schedule)
+        ref = fused_sample(model.denoiser("ikr"), model.denoiser("ckg"), model.fusion, cond, z_T, seg_T, schedule)
         got = fused_sample(hooks["ikr"], hooks["ckg"], hooks["fusion"], cond, z_T, seg_T, schedule)
         image_ref = model.autoencoder.decode_diffusion(ref.z0_fused)
-    image = OrtNet(sessions["decoder"], "decoder", torch.device("cpu"))(model.autoencoder.from_diffusion(got.z0_fused))
+    decoder = OrtNet(sessions["decoder"], "decoder", torch.device("cpu"), Channels.of(model))
+    image = decoder(model.autoencoder.from_diffusion(got.z0_fused))
     torch.testing.assert_close(got.z0_fused, ref.z0_fused, atol=1e-4, rtol=1e-4)
     assert (got.seg_state.argmax(1) == ref.seg_state.argmax(1)).float().mean() > 0.999
     assert (image - image_ref).abs().max() < 1e-4

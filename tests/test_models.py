@@ -118,28 +118,52 @@ def test_fusion_attention_pool_is_a_config_field_with_the_same_parameters():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sample_prediction_unet_hands_the_sampler_the_epsilon_of_its_z0(dtype):
-    # Same weights, two heads: the epsilon layout returns the body's raw output; the sample layout
-    # must return the noise whose clean estimate (x_t - sqrt(1-a) eps) / sqrt(a) is that output.
+def test_sample_prediction_denoiser_hands_the_sampler_the_epsilon_of_its_z0(dtype):
+    # The UNet returns what it predicts; EpsilonDenoiser turns a z0 prediction into the noise whose
+    # clean estimate (x_t - sqrt(1-a) eps) / sqrt(a) is that z0, with the schedule it is given.
+    from magicfuse_core.backends.torch_fast import TorchNet, cast_for_precision
+    from magicfuse_core.denoiser import EpsilonDenoiser
     from magicfuse_core.models.unet import UNetConfig
-    from magicfuse_core.runtime import cast_for_precision
     from magicfuse_core.schedule import DDIMSchedule
 
     torch.manual_seed(0)
     cfg = unet_config("tiny").to_dict()
-    raw_net = ConditionalUNet(UNetConfig.from_dict(cfg)).eval()
-    z0_net = ConditionalUNet(UNetConfig.from_dict({**cfg, "prediction": "sample"})).eval()
-    assert set(z0_net.state_dict()) == set(raw_net.state_dict())  # checkpoints keep one layout
-    z0_net.load_state_dict(raw_net.state_dict())
+    net = ConditionalUNet(UNetConfig.from_dict({**cfg, "prediction": "sample"})).eval()
     x, t = torch.randn(3, 16, 8, 8), torch.tensor([960.0, 400.0, 0.0])
+    schedule = DDIMSchedule()
     with torch.no_grad():
-        z0 = raw_net.float()(x, t)
-        eps = cast_for_precision(z0_net, dtype)(x.to(dtype), t).float()  # as the torch backend's bf16 mode
-    a = DDIMSchedule().alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
+        z0 = net(x, t)  # the network itself: its raw prediction
+        body = TorchNet(cast_for_precision(net, dtype), dtype)  # as the torch backend's bf16 mode
+        eps = EpsilonDenoiser(body, "sample", schedule.alphas_cumprod)(x, t)
+    assert eps.dtype == torch.float32  # the conversion stays fp32 whatever the body's precision
+    a = schedule.alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
     z0_from_eps = (x[:, 8:] - (1 - a).sqrt() * eps) / a.sqrt()
     if dtype == torch.float32:
         torch.testing.assert_close(z0_from_eps, z0, rtol=1e-4, atol=2e-4)
-    else:  # bf16 weights: the conversion itself must not add error near t = 0 (1 - a = 8.5e-4)
+    else:  # bf16 weights: only the body's rounding, not amplified by the conversion (1 - a = 8.5e-4 at t = 0)
         assert float((z0_from_eps - z0).abs().mean()) < 0.05
+
+
+def test_the_denoiser_uses_the_schedule_it_is_given():
+    """A z0 model loaded with another alpha table converts with that table, not a hidden default."""
+    from magicfuse_core.denoiser import EpsilonDenoiser
+    from magicfuse_core.models.unet import UNetConfig
+    from magicfuse_core.schedule import DDIMSchedule
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(UNetConfig.from_dict({**unet_config("tiny").to_dict(), "prediction": "sample"})).eval()
+    x, t = torch.randn(2, 16, 8, 8), torch.tensor([920.0, 40.0])
+    for schedule in (DDIMSchedule(), DDIMSchedule(beta_schedule="scaled_linear")):
+        with torch.no_grad():
+            eps = EpsilonDenoiser(net, "sample", schedule.alphas_cumprod)(x, t)
+            z0 = net(x, t)
+        for i, ti in enumerate(schedule.timesteps):  # predict_x0 of the same schedule recovers the body's z0
+            if ti in (920, 40):
+                row = 0 if ti == 920 else 1
+                torch.testing.assert_close(schedule.predict_x0(x[row:row + 1, 8:], eps[row:row + 1], i), z0[row:row + 1],
+                                           rtol=1e-4, atol=2e-4)
+    with pytest.raises(ValueError, match="prediction"):
+        EpsilonDenoiser(net, "v", DDIMSchedule().alphas_cumprod)
+    cfg = unet_config("tiny").to_dict()
     with pytest.raises(ValueError, match="prediction"):
         UNetConfig.from_dict({**cfg, "prediction": "v"})

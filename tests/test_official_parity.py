@@ -69,9 +69,9 @@ def test_whole_25_step_sampler_matches_the_reference(nets, sampler_io):
 def test_sampler_step_traces_match_the_reference(nets, sampler_io):
     io, traces = sampler_io, {}
 
-    def record(i, state):
+    def record(i, step):
         if i in (0, 12, 24):
-            traces[i] = (state["x0_fused"].clone(), state["eps_fused"].clone())
+            traces[i] = (step.z0_fused.clone(), step.eps_fused.clone())
 
     fusion = nets["fusion"]
     with torch.no_grad():

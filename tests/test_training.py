@@ -17,7 +17,11 @@ from magicfuse_core.imageio import write_png
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
-from training.common import EMA, build_autoencoder, build_fusion, build_unet, load_config, load_trained_module
+from training.builders import build_autoencoder, build_fusion, build_unet
+from training.checkpoints import load_trained_module
+from training.config import load_config
+from training.distributed import setup_distributed
+from training.latent_cache import LatentCache, get_latent_cache
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
@@ -44,6 +48,7 @@ def make_dataset(root: Path, n: int = 2) -> Path:
 
 
 def write_config(tmp_path: Path, run_dir: Path, **changes) -> Path:
+    """The tiny CPU config; `changes` set dotted keys ("phase1.max_steps": 2; top-level keys as they are)."""
     cfg = {
         "seed": 0, "run_dir": str(run_dir), "device": "cpu", "tensorboard": False, "threads": 1,
         "data": {"root": str(tmp_path / "data"), "split": "train", "det_subdir": "infrared", "degradation": "random",
@@ -130,6 +135,59 @@ def test_phase1_resume_continues_exactly(workdir):
     assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
 
 
+def test_phase1_resumes_exactly_from_a_checkpoint_of_the_older_format(workdir):
+    # Runs started before the RNG states were kept per rank: one state (a dict) and the class name.
+    straight = write_config(workdir, workdir / "straight")
+    phase1.main(["--config", str(straight), "--component", "ckg", "--no-progress"])
+    old = write_config(workdir, workdir / "old", **{"phase1.max_steps": 2})
+    phase1.main(["--config", str(old), "--component", "ckg", "--no-progress"])
+    state = state_of(workdir / "old/ckg/last.pt")
+    state["rng"] = {**state["rng"][0], "cuda": None}
+    state["model_kind"] = "ConditionalUNet"
+    del state["kind"], state["world_size"]
+    torch.save(state, workdir / "old/ckg/last.pt")
+    phase1.main(["--config", str(write_config(workdir, workdir / "old")), "--component", "ckg", "--no-progress"])
+    a, b = state_of(workdir / "straight/ckg/last.pt"), state_of(workdir / "old/ckg/last.pt")
+    assert_same_weights(a["model"], b["model"])
+    assert_same_weights(a["ema"]["shadow"], b["ema"]["shadow"])
+
+
+def test_resuming_on_another_process_count_reseeds_the_rngs_and_says_so(workdir):
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 2})
+    phase1.main(["--config", str(cfg), "--component", "ikr", "--no-progress"])
+    state = state_of(workdir / "run/ikr/last.pt")
+    assert state["world_size"] == 1 and len(state["rng"]) == 1  # one state per rank
+    state["rng"], state["world_size"] = state["rng"] * 2, 2     # as a 2-process run writes it
+    torch.save(state, workdir / "run/ikr/last.pt")
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 3})
+    summary = phase1.main(["--config", str(cfg), "--component", "ikr", "--no-progress"])
+    assert len(summary["losses"]) == 1
+    log = (workdir / "run/ikr/train.log").read_text()
+    assert "RNG states of 2 process(es), this run has 1" in log
+
+
+@pytest.mark.parametrize("phase", [phase1, phase2])
+def test_phases_give_the_process_group_the_configured_timeout(workdir, monkeypatch, phase):
+    from datetime import timedelta
+
+    from training import distributed
+
+    class Joined(Exception):
+        pass
+
+    def init_process_group(backend, timeout):
+        raise Joined(timeout)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", init_process_group)
+    cfg = write_config(workdir, workdir / "run", ddp_timeout_min=240)
+    args = ["--config", str(cfg), "--no-progress"] + (["--component", "ikr"] if phase is phase1 else [])
+    with pytest.raises(Joined) as joined:
+        phase.main(args)
+    assert joined.value.args[0] == timedelta(hours=4)
+
+
 def test_object_crop_prob_reaches_the_latent_cache_batches(workdir):
     # Per-component option (phase1.ckg.object_crop_prob): Φ sees people far more often than uniform crops show them.
     cache = {"data.latent_cache": str(workdir / "latents.pt"), "data.latent_crop": [4, 4]}
@@ -183,19 +241,6 @@ def test_min_snr_weights_only_the_low_noise_steps_down():
     a0 = schedule.alpha_bar(0)
     expected = 5 * (1 - a0) / a0
     assert phase1.weighted_eps_mse(eps, noise, clean, schedule, gamma=5.0).item() == pytest.approx(expected, rel=1e-4)
-
-
-def test_ema_warms_up_then_averages():
-    net = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        net.weight.fill_(0.0)
-    ema = EMA(net, decay=0.5)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    ema.update(net)  # decay min(0.5, 2/11) = 2/11
-    assert ema.shadow["weight"].item() == pytest.approx(9 / 11)
-    ema.update(net)
-    assert ema.shadow["weight"].item() == pytest.approx(9 / 11 * 0.25 + 0.75)
 
 
 # ---------------------------------------------------------------------------- phase 2
@@ -290,7 +335,6 @@ def test_phase2_fine_tunes_from_an_exported_fusion_component(workdir, tmp_path):
 
 
 def test_latent_cache_remakes_its_masks_when_the_mask_options_change(tmp_path):
-    from training.common import LatentCache, get_latent_cache, setup_distributed
     root = make_dataset(tmp_path / "loose")
     for det in (root / "det/infrared").glob("*.txt"):  # boxes twice as wide as the warm blobs
         cls, cx, cy, w, h = det.read_text().split()
@@ -375,8 +419,23 @@ def test_two_process_gloo_run_under_torchrun(workdir):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in (workdir / "ddp/ikr/train.log").read_text()
-    assert state_of(workdir / "ddp/ikr/last.pt")["step"] == 2
+    state = state_of(workdir / "ddp/ikr/last.pt")
+    assert state["step"] == 2
+    assert state["world_size"] == 2 and len(state["rng"]) == 2  # every rank's RNG state, indexed by rank
     assert list((workdir / "ddp/ikr/tb").glob("events.out.tfevents.*")), "rank 0 writes TensorBoard scalars"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_phases_resume_on_cuda(workdir):
+    # The checkpoint is read onto the CPU; the EMA averages and RNG states must land on the GPU again.
+    for phase, args, sub in ((phase1, ["--component", "ikr"], "ikr"), (phase2, [], "fusion")):
+        for max_steps in (2, 4):
+            cfg = write_config(workdir, workdir / "cuda", **{"device": "cuda", "phase1.max_steps": max_steps,
+                                                             "phase2.max_steps": max_steps})
+            summary = phase.main(["--config", str(cfg), "--no-progress", *args])
+        assert len(summary["losses"]) == 2 and np.isfinite(summary["losses"]).all()
+        assert state_of(workdir / "cuda" / sub / "last.pt")["step"] == 4
 
 
 def test_export_bundles_a_loadable_trained_model(workdir):
@@ -417,8 +476,6 @@ def test_every_shipped_config_builds_its_networks(config):
 
 
 def test_object_centred_crops_show_the_thermal_target():
-    from training.common import LatentCache
-
     n, h, w = 3, 40, 40
     masks = torch.zeros(n, 4 * h, 4 * w, dtype=torch.uint8)
     masks[:, 140:148, 20:28] = 2  # one small person near the bottom-left corner of every frame

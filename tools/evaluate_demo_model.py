@@ -1,20 +1,24 @@
 """Evaluate a trained model folder on MSRS val and write its model card (docs/MODEL_CARD.md).
 
     PYTHONPATH=. .venv/bin/python tools/evaluate_demo_model.py --model models/demo
+    PYTHONPATH=. .venv/bin/python tools/evaluate_demo_model.py --frames 2 --steps 10 \
+        --card /tmp/card.md --grid /tmp/grid.png --results /tmp/eval.json     # a quick try
 
-Protocol (all of it is in the card):
-- frames: the 61 names of ../shared/data/msrs/val.txt (never used for training);
+Protocol (all of it is in the card; the measures are `magicfuse_core.evaluation.card`):
+- frames: the 61 names of ../shared/data/msrs/val.txt (never used for training), or the first --frames N;
 - input: `degrade_seeded(clean_visible, seed=i, kind="random")` for the i-th name;
 - the pipeline runs at the model's `info.inference_size` with `seed=i`, outputs
   resized back to 640x480;
-- fusion metrics (`metrics.compute_all(candidate, clean_visible, real_ir)`) for the
-  degraded input, IKR-only and MagImg (and the clean visible frame as a reference
-  that no method sees), twice: at full resolution (640x480) and at the inference
-  resolution (every image, sources included, resized to it);
+- candidates: the degraded input, CLAHE of it, IKR only, the image-level fusion
+  of IKR and CKG (luma max, IKR chroma) and MagImg (and the clean visible frame
+  as a reference that no method sees), scored with the fusion metrics against
+  (clean visible, real IR) at full resolution and at the inference resolution;
 - CKG against the real IR (`metrics.ir_similarity`) next to grey visible as IR;
-- thermal-target contrast: mean luma inside the infrared person boxes minus the
-  mean luma of a ring around them (each box grown by half its size on every side,
-  minus all boxes), averaged over the frames with at least one person box.
+- thermal-target contrasts of every image kind: person boxes vs a ring around
+  them, and the hottest tenth of the real IR vs the rest of the frame;
+- the segmentation head's labels against the weak masks (IR-silhouette people,
+  car and bike boxes).
+This file only runs the model and writes the card: the scores come from the package.
 """
 from __future__ import annotations
 
@@ -23,52 +27,29 @@ import json
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magicfuse_core import metrics
 from magicfuse_core.data import read_names, read_yolo_boxes
 from magicfuse_core.degrade import degrade_seeded
+from magicfuse_core.evaluation import card, metrics
+from magicfuse_core.evaluation.baselines import luma_u8
+from magicfuse_core.evaluation.figures import image_grid, seg_overlay
+from magicfuse_core.evaluation.scoring import mean_table
+from magicfuse_core.evaluation.targets import SEG_TARGET_METRICS, YOLO_PERSON
 from magicfuse_core.imageio import read_gray, read_rgb, write_png
+from magicfuse_core.palette import DEFAULT_TAU
 from magicfuse_core.pipeline import MagicFusePipeline
 
 REPO = Path(__file__).resolve().parent.parent
-LOWER_BETTER = {"Nabf", "MSE"}
-PERSON = 0  # YOLO class of MSRS det/classes.txt
-
-
-def luma(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) or (H, W, 3) -> float luma (BT.601) in 0..255."""
-    image = image.astype(np.float64)
-    return image if image.ndim == 2 else image @ np.array([0.299, 0.587, 0.114])
-
-
-def person_regions(boxes, height: int, width: int, grow: float = 0.5) -> tuple[np.ndarray, np.ndarray] | None:
-    """(inside, ring) bool masks for the person boxes; None when the frame has none."""
-    people = [b for b in boxes if b.cls == PERSON]
-    if not people:
-        return None
-    inside = np.zeros((height, width), bool)
-    grown = np.zeros((height, width), bool)
-    for b in people:
-        for mask, k in ((inside, 0.0), (grown, grow)):
-            x0 = int(round((b.cx - b.w * (0.5 + k)) * width))
-            x1 = int(round((b.cx + b.w * (0.5 + k)) * width))
-            y0 = int(round((b.cy - b.h * (0.5 + k)) * height))
-            y1 = int(round((b.cy + b.h * (0.5 + k)) * height))
-            mask[max(y0, 0):max(y1, y0 + 1), max(x0, 0):max(x1, x0 + 1)] = True
-    ring = grown & ~inside
-    return (inside, ring) if ring.any() and inside.any() else None
-
-
-def target_contrast(image: np.ndarray, regions) -> float:
-    y = luma(image)
-    inside, ring = regions
-    return float(y[inside].mean() - y[ring].mean())
+LOWER_BETTER = metrics.LOWER_IS_BETTER
+SUMMARY_KEYS = ("MI", "Qabf", "VIF", "SSIM")
+CONTRAST_NAMES = {"person": "person contrast", "hottest": "hottest-tenth contrast"}
+GRID_COLUMNS = ("degraded input", "IKR", "CKG", "MagImg", "real IR", "segmentation")
+GRID_ROWS = 4  # half night, half day val frames with people
 
 
 def resize_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -80,47 +61,76 @@ def resize_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def mean_table(rows: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """Mean over frames per method and metric (NaN frames skipped; all-NaN -> NaN)."""
-    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-    return {name: {k: float(np.nanmean([r[k] for r in scores])) for k in scores[0]} for name, scores in rows.items()}
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) uint8 BT.601 luma: a visible frame used as if it were infrared."""
+    return np.round(luma_u8(rgb)).clip(0, 255).astype(np.uint8)
 
 
-def fmt(v: float, k: str = "") -> str:
-    if not math.isfinite(v):
-        return "n/a"
-    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+def wants_grid_row(name: str, rows: int, has_people: bool) -> bool:
+    """Night frames (names ending in N) fill the first half of the grid, day frames the second."""
+    return has_people and rows < GRID_ROWS and (rows < GRID_ROWS // 2) == name.endswith("N")
 
 
-def markdown_table(table: dict[str, dict[str, float]], keys: list[str], bold_best: bool = True) -> str:
-    lines = ["| | " + " | ".join(f"{k} {'↓' if k in LOWER_BETTER else '↑'}" for k in keys) + " |",
-             "|---" * (len(keys) + 1) + "|"]
-    contenders = [n for n in table if not n.startswith("(")]
-    for name, row in table.items():
-        cells = []
-        for k in keys:
-            cell = fmt(row[k], k)
-            if bold_best and name in contenders:
-                values = [table[n][k] for n in contenders]
-                best = min(values) if k in LOWER_BETTER else max(values)
-                if row[k] == best:
-                    cell = f"**{cell}**"
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def evaluate(pipe: MagicFusePipeline, data: Path, names: list[str], size: tuple[int, int] | None) -> tuple[dict, list]:
+    """Run the pipeline on every val frame and score it. Returns (results dict, grid rows)."""
+    frames, small, ir_sim, t_infer, grid = [], [], [], [], {"rows": [], "boxes": [], "names": []}
+    start = time.time()
+    for i, name in enumerate(names):
+        clean = read_rgb(data / "vis" / f"{name}.png")
+        ir = read_gray(data / "ir" / f"{name}.png")
+        boxes = read_yolo_boxes(data / "det" / "infrared" / f"{name}.txt")
+        degraded = degrade_seeded(clean, seed=i, kind="random")
+        t0 = time.perf_counter()
+        out = pipe(degraded[None], seed=i, return_weights=True)
+        t_infer.append(time.perf_counter() - t0)
+        magimg, ikr, ckg, gen_ir, labels = out.magimg[0], out.ikr[0], out.ckg[0], out.ir[0], out.seg_labels[0]
+        frames.append(card.score_frame(degraded, ikr, ckg, magimg, gen_ir, clean, ir, boxes, labels,
+                                       None if out.fusion_weight is None else out.fusion_weight[0]))
+        if size is not None:
+            images = card.candidate_images(degraded, ikr, ckg, magimg)
+            small.append(card.fusion_scores({k: resize_u8(v, size) for k, v in images.items()},
+                                            resize_u8(clean, size), resize_u8(ir, size)))
+        ir_sim.append({"CKG (generated IR)": metrics.ir_similarity(gen_ir, ir),
+                       "grey degraded VIS as IR": metrics.ir_similarity(grey(degraded), ir),
+                       "grey clean VIS as IR": metrics.ir_similarity(grey(clean), ir)})
+        people = [b for b in boxes if b.cls == YOLO_PERSON]
+        if wants_grid_row(name, len(grid["rows"]), bool(people)):
+            grid["rows"].append([degraded, ikr, ckg, magimg, ir, seg_overlay(degraded, labels)])
+            grid["boxes"].append(people)
+            grid["names"].append(name)
+        print(f"{i + 1}/{len(names)} {name}: {t_infer[-1]:.2f} s", flush=True)
+
+    summary = card.summarise(frames)
+    results = {
+        "frames": len(names), "inference_size": list(size) if size else list(clean.shape[:2]),
+        "steps": pipe.steps, "tau": pipe.model.tau, "seconds_per_frame": float(np.mean(t_infer)),
+        "eval_wall_s": time.time() - start,
+        "fusion_full_res": summary["fusion"],
+        "fusion_inference_res": mean_table(small, metrics.METRIC_NAMES)["mean"] if size else None,
+        "ir_similarity": mean_table(ir_sim, ("PSNR", "SSIM", "CC"))["mean"],
+        "contrast": summary["contrast"], "person_frames": summary["person_frames"],
+        "segmentation": summary["segmentation"], "radiation_mask": summary["radiation"],
+        "ratios": summary["ratios"], "grid_frames": grid["names"],
+    }
+    return results, grid
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/demo")
     parser.add_argument("--data", default="../shared/data/msrs")
-    parser.add_argument("--limit", type=int, default=None, help="first N val frames only (quick checks)")
+    parser.add_argument("--frames", "--limit", dest="frames", type=int, default=None, metavar="N",
+                        help="first N val frames only (quick checks; the card is for all 61)")
     parser.add_argument("--card", default="docs/MODEL_CARD.md")
     parser.add_argument("--grid", default="docs/img/model_card_grid.png")
     parser.add_argument("--results", default=None, help="JSON of the results (default MODEL/eval_msrs_val.json)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, 25)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir, data = REPO / args.model, (REPO / args.data).resolve()
@@ -129,79 +139,52 @@ def main(argv=None) -> dict:
     info = probe.model.info
     size = tuple(info["inference_size"]) if info.get("inference_size") else None  # None: native 640x480
     pipe = MagicFusePipeline(probe.model, inference_size=size, steps=args.steps)
-    names = read_names(data / "val.txt")[: args.limit]
+    names = read_names(data / "val.txt")[: args.frames]
 
-    full = {k: [] for k in ("degraded VIS", "IKR only", "MagImg", "(clean VIS, reference)")}
-    small = {k: [] for k in full}
-    ir_sim = {k: [] for k in ("CKG (generated IR)", "grey degraded VIS as IR", "grey clean VIS as IR")}
-    contrast = {k: [] for k in ("degraded VIS", "IKR only", "CKG (generated IR)", "MagImg", "real IR")}
-    radiation = {k: [] for k in ("person-box pixels labelled person (%)", "mean w_r inside person boxes",
-                                 "mean w_r elsewhere")}
-    grid_rows, t_infer = [], []
-    start = time.time()
-    for i, name in enumerate(names):
-        clean = read_rgb(data / "vis" / f"{name}.png")
-        ir = read_gray(data / "ir" / f"{name}.png")
-        degraded = degrade_seeded(clean, seed=i, kind="random")
-        t0 = time.perf_counter()
-        out = pipe(degraded[None], seed=i, return_weights=True)
-        t_infer.append(time.perf_counter() - t0)
-        magimg, ikr, ckg, gen_ir = out.magimg[0], out.ikr[0], out.ckg[0], out.ir[0]
-        candidates = {"degraded VIS": degraded, "IKR only": ikr, "MagImg": magimg, "(clean VIS, reference)": clean}
-        for k, image in candidates.items():
-            full[k].append(metrics.compute_all(image, clean, ir))
-            if size is not None:
-                small[k].append(metrics.compute_all(resize_u8(image, size), resize_u8(clean, size), resize_u8(ir, size)))
-        grey = lambda rgb: np.round(luma(rgb)).clip(0, 255).astype(np.uint8)  # noqa: E731
-        ir_sim["CKG (generated IR)"].append(metrics.ir_similarity(gen_ir, ir))
-        ir_sim["grey degraded VIS as IR"].append(metrics.ir_similarity(grey(degraded), ir))
-        ir_sim["grey clean VIS as IR"].append(metrics.ir_similarity(grey(clean), ir))
-        regions = person_regions(read_yolo_boxes(data / "det" / "infrared" / f"{name}.txt"), *clean.shape[:2])
-        if regions is not None:
-            for k, image in (("degraded VIS", degraded), ("IKR only", ikr), ("CKG (generated IR)", gen_ir),
-                             ("MagImg", magimg), ("real IR", ir)):
-                contrast[k].append(target_contrast(image, regions))
-            inside, labels, weight = regions[0], out.seg_labels[0], out.fusion_weight[0]
-            radiation["person-box pixels labelled person (%)"].append(100.0 * float((labels[inside] == 2).mean()))
-            radiation["mean w_r inside person boxes"].append(float(weight[inside].mean()))
-            radiation["mean w_r elsewhere"].append(float(weight[~inside].mean()))
-            if len(grid_rows) < 4 and (len(grid_rows) < 2) == name.endswith("N"):
-                grid_rows.append([degraded, ikr, ckg, magimg, np.repeat(ir[..., None], 3, -1), clean])
-        print(f"{i + 1}/{len(names)} {name}: {t_infer[-1]:.2f} s", flush=True)
-
-    results = {
-        "model": str(args.model), "info": info, "frames": len(names),
-        "inference_size": list(size) if size else list(clean.shape[:2]),
-        "steps": pipe.steps, "tau": pipe.model.tau, "seconds_per_frame": float(np.mean(t_infer)),
-        "eval_wall_s": time.time() - start,
-        "fusion_full_res": mean_table(full), "fusion_inference_res": mean_table(small) if size else None,
-        "ir_similarity": mean_table(ir_sim),
-        "person_contrast": {k: float(np.mean(v)) for k, v in contrast.items()},
-        "person_frames": len(contrast["real IR"]),
-        "radiation_mask": {k: float(np.mean(v)) for k, v in radiation.items()},
-    }
+    results, grid = evaluate(pipe, data, names, size)
+    results = {"model": str(args.model), "info": info, **results}
     grid_path = REPO / args.grid
-    write_grid(grid_rows, grid_path)
+    if grid["rows"]:
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(grid_path, image_grid(grid["rows"], boxes=grid["boxes"]))
     results_path = Path(args.results) if args.results else model_dir / "eval_msrs_val.json"
     results_path.write_text(json.dumps(results, indent=2) + "\n")
     card_path = REPO / args.card
     card_path.write_text(model_card(results, Path(os.path.relpath(grid_path, card_path.parent))))
-    print(f"wrote {card_path}, {grid_path}, {results_path}")
+    print(f"wrote {card_path}, {results_path}" + (f", {grid_path}" if grid["rows"] else " (no grid: no frame with people)"))
     return results
 
 
-def write_grid(rows: list[list[np.ndarray]], path: Path, tile=(96, 128)) -> None:
-    """Rows of [degraded, IKR, CKG, MagImg, real IR, clean VIS] tiles -> one PNG."""
-    if not rows:
-        return
-    gap = 4
-    h, w = tile
-    canvas = np.full((len(rows) * (h + gap) - gap, len(rows[0]) * (w + gap) - gap, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = resize_u8(image, tile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(path, canvas)
+# --------------------------------------------------------------------------- the card
+
+
+def fmt(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
+def signed(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.1f}"
+
+
+def markdown_table(table: dict[str, dict[str, float]], keys: list[str], bold_best: bool = True,
+                   labels: dict[str, str] | None = None, formats: dict[str, callable] | None = None) -> str:
+    """Rows = table keys, columns = `keys`; the best finite value of the rows not in parentheses is bold."""
+    labels, formats = labels or {}, formats or {}
+    lines = ["| | " + " | ".join(f"{labels.get(k, k)} {'↓' if k in LOWER_BETTER else '↑'}" for k in keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    contenders = [n for n in table if not n.startswith("(")]
+    for name, row in table.items():
+        cells = []
+        for k in keys:
+            cell = formats.get(k, fmt)(row[k])
+            values = [table[n][k] for n in contenders if math.isfinite(table[n][k])]
+            if bold_best and name in contenders and values and row[k] == (min if k in LOWER_BETTER else max)(values):
+                cell = f"**{cell}**"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def one_row_table(label: str, values: dict[str, float], spec: str) -> list[str]:
@@ -210,33 +193,108 @@ def one_row_table(label: str, values: dict[str, float], spec: str) -> list[str]:
             f"| {label} | " + " | ".join(spec.format(v) for v in values.values()) + " |"]
 
 
-def model_card(r: dict, grid_path: Path) -> str:
-    info = r["info"]
-    keys = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "Nabf", "SSIM", "PSNR", "CC", "MSE"]
-    full, small = r["fusion_full_res"], r["fusion_inference_res"]
+def summary_table(r: dict) -> dict[str, dict[str, float]]:
+    """The headline rows: fusion metrics and both contrasts of every candidate and the clean reference."""
+    full, contrast = r["fusion_full_res"], r["contrast"]
+    rows = {}
+    for name in (*card.CANDIDATES, card.CLEAN):
+        rows[name] = {**{k: full[name][k] for k in SUMMARY_KEYS},
+                      **{c: contrast[c][name] for c in CONTRAST_NAMES}}
+    return rows
+
+
+def compare(a: dict[str, float], b: dict[str, float], keys, name_a: str, name_b: str) -> str:
+    """'A is ahead of B on x (1 vs 2), y (...); behind on z (...)' from the numbers."""
+    def listing(ks):
+        form = {k: signed if k in CONTRAST_NAMES else fmt for k in ks}
+        return ", ".join(f"{CONTRAST_NAMES.get(k, k)} ({form[k](a[k])} vs {form[k](b[k])})" for k in ks)
+    finite = [k for k in keys if math.isfinite(a[k]) and math.isfinite(b[k])]
+    ahead = [k for k in finite if (a[k] < b[k] if k in LOWER_BETTER else a[k] > b[k])]
+    behind = [k for k in finite if k not in ahead and a[k] != b[k]]
+    parts = ([f"ahead of {name_b} on {listing(ahead)}"] if ahead else []) + \
+            ([f"behind it on {listing(behind)}" if ahead else f"behind {name_b} on {listing(behind)}"] if behind else [])
+    return f"{name_a} is " + ("; ".join(parts) if parts else f"level with {name_b}") + "."
+
+
+def checks_of(r: dict) -> list[tuple[str, bool, str]]:
+    """(check, met, numbers) of the acceptance checks (issue 4) and the quality targets (issue 14)."""
+    full, small, sim = r["fusion_full_res"], r["fusion_inference_res"], r["ir_similarity"]
+    pc = r["contrast"]["person"]
     checks = []
-    for k in ("MI", "Qabf", "VIF"):
-        checks.append((f"MagImg ahead of the degraded input on {k} (full res)",
-                       full["MagImg"][k] > full["degraded VIS"][k],
-                       f"{fmt(full['MagImg'][k])} vs {fmt(full['degraded VIS'][k])}"))
-    if small:
-        for k in ("MI", "Qabf", "VIF"):
-            checks.append((f"MagImg ahead of the degraded input on {k} (inference res)",
-                           small["MagImg"][k] > small["degraded VIS"][k],
-                           f"{fmt(small['MagImg'][k])} vs {fmt(small['degraded VIS'][k])}"))
-    sim = r["ir_similarity"]
+    for label, table in (("full res", full), ("inference res", small)):
+        for k in ("MI", "Qabf", "VIF") if table else ():
+            checks.append((f"MagImg ahead of the degraded input on {k} ({label})",
+                           table[card.MAGIMG][k] > table[card.DEGRADED][k],
+                           f"{fmt(table[card.MAGIMG][k])} vs {fmt(table[card.DEGRADED][k])}"))
     for k in ("PSNR", "SSIM", "CC"):
         checks.append((f"CKG closer to the real IR than grey degraded visible ({k})",
                        sim["CKG (generated IR)"][k] > sim["grey degraded VIS as IR"][k],
                        f"{fmt(sim['CKG (generated IR)'][k])} vs {fmt(sim['grey degraded VIS as IR'][k])}"))
-    pc = r["person_contrast"]
-    rm = r.get("radiation_mask", {})
     checks.append(("people brighter against their surroundings in MagImg than in the degraded input",
-                   pc["MagImg"] > pc["degraded VIS"], f"{pc['MagImg']:+.1f} vs {pc['degraded VIS']:+.1f} grey levels"))
-    steps = info.get("steps", {})
-    wall = info.get("wall_time_s", {})
-    profile = info.get("profile", {})
-    data = info.get("data", {})
+                   pc[card.MAGIMG] > pc[card.DEGRADED], f"{signed(pc[card.MAGIMG])} vs {signed(pc[card.DEGRADED])} grey levels"))
+    for k, ratio in r["ratios"].items():
+        checks.append((f"MagImg keeps >= {card.RATIO_TARGET:g} of IKR-only's {k} (full res)",
+                       math.isfinite(ratio) and ratio >= card.RATIO_TARGET, f"ratio {fmt(ratio)}"))
+    return checks
+
+
+def shortfalls(r: dict, checks: list[tuple[str, bool, str]]) -> list[str]:
+    """The 'Where it falls short' bullets, each derived from the numbers."""
+    full, info = r["fusion_full_res"], r["info"]
+    contrast, seg, rm, sim = r["contrast"], r["segmentation"], r["radiation_mask"], r["ir_similarity"]
+    rows = summary_table(r)
+    keys = (*SUMMARY_KEYS, *CONTRAST_NAMES)
+    pc, hot = contrast["person"], contrast["hottest"]
+    lines = [f"- Check not met: {c} ({n})." for c, ok, n in checks if not ok] or ["- Every check above is met."]
+    lines.append("- What per-step fusion adds over IKR alone: MagImg/IKR ratio " + ", ".join(
+        f"{k} {fmt(v)}" for k, v in r["ratios"].items()) + f" (target >= {card.RATIO_TARGET:g}); "
+        + compare(rows[card.MAGIMG], rows[card.IKR], CONTRAST_NAMES, "MagImg", "IKR only"))
+    lines.append("- Per-step noise fusion vs fusing after sampling: "
+                 + compare(rows[card.MAGIMG], rows[card.IMAGE_FUSION], keys, "MagImg", "the image-level fusion"))
+    lines.append("- Against a classical method: " + compare(rows[card.MAGIMG], rows[card.CLAHE], keys, "MagImg", "CLAHE"))
+    share = pc[card.MAGIMG] / pc[card.REAL_IR] if pc[card.REAL_IR] else math.nan
+    lines.append(f"- Thermal targets: person contrast {signed(pc[card.MAGIMG])} in MagImg, {signed(pc[card.DEGRADED])} in "
+                 f"the degraded input, {signed(pc[card.CKG])} in the CKG stream and {signed(pc[card.REAL_IR])} in the real IR "
+                 f"(MagImg carries {100 * share:.0f} % of the real IR's); hottest-tenth contrast {signed(hot[card.MAGIMG])} "
+                 f"against {signed(hot[card.DEGRADED])}, {signed(hot[card.CKG])} and {signed(hot[card.REAL_IR])}. "
+                 f"Inside the person boxes the head labels {rm[card.RADIATION_KEYS[0]]:.1f} % of the pixels person and the "
+                 f"last step's w_r averages {fmt(rm[card.RADIATION_KEYS[1]])} (elsewhere {fmt(rm[card.RADIATION_KEYS[2]])}; "
+                 "1 = IKR stream).")
+    if r["tau"] != DEFAULT_TAU:
+        lines.append(f"- tau = {r['tau']:g}, not the paper's {DEFAULT_TAU:g} (docs/TRAINING.md says why).")
+    sharp = [k for k in ("SF", "AG") if full[card.MAGIMG][k] < full[card.DEGRADED][k]]
+    if sharp:
+        lines.append("- Sharpness: MagImg is smoother than the degraded input on " + ", ".join(
+            f"{k} ({fmt(full[card.MAGIMG][k])} vs {fmt(full[card.DEGRADED][k])})" for k in sharp)
+            + "; the input's noise also counts as detail for these metrics.")
+    ckg, guess = sim["CKG (generated IR)"], sim["grey degraded VIS as IR"]
+    lines.append(f"- CKG (generated IR): PSNR {fmt(ckg['PSNR'])} dB / SSIM {fmt(ckg['SSIM'])} / CC {fmt(ckg['CC'])} "
+                 f"against the real IR, where the grey degraded frame scores {fmt(guess['PSNR'])} / {fmt(guess['SSIM'])} / "
+                 f"{fmt(guess['CC'])}. It is a guess at the infrared, not a measurement.")
+    lines.append(f"- Segmentation against the weak masks: person IoU {fmt(seg['person_IoU'])} (precision "
+                 f"{fmt(seg['person_precision'])}, recall {fmt(seg['person_recall'])}) against the IR silhouettes; "
+                 f"car IoU {fmt(seg['car_IoU'])}, bike IoU {fmt(seg['bike_IoU'])} against the boxes; "
+                 f"{100 * seg['outside_object_fraction']:.2f} % of the pixels outside every box are labelled car, person "
+                 "or bike. The other MFNet classes have no labels here and are not measured.")
+    data, wall = info.get("data", {}), info.get("wall_time_s", {})
+    lines.append(f"- Data: {data.get('frames')} MSRS training frames with synthetic `{data.get('degradation')}` "
+                 f"degradations, {sum(v for v in wall.values() if isinstance(v, (int, float))) / 60:.0f} min of training in all; MSRS road scenes and "
+                 "MSRS-processed infrared only, so other cameras need retraining (docs/TRAINING.md).")
+    lines.append("- Results depend on the sampling seed (the encoder noise, z_T and s_T); the card uses seed = frame index.")
+    return lines
+
+
+def model_card(r: dict, grid_path: Path) -> str:
+    info = r["info"]
+    keys = list(metrics.METRIC_NAMES)
+    full, small, sim = r["fusion_full_res"], r["fusion_inference_res"], r["ir_similarity"]
+    contrast, seg, rm = r["contrast"], r["segmentation"], r["radiation_mask"]
+    checks = checks_of(r)
+    steps, wall = info.get("steps", {}), info.get("wall_time_s", {})
+    profile, data = info.get("profile", {}), info.get("data", {})
+    contrast_rows = {name: {c: contrast[c][name] for c in CONTRAST_NAMES}
+                     for name in (card.DEGRADED, card.CLAHE, card.IKR, card.CKG, card.IMAGE_FUSION, card.MAGIMG,
+                                  card.REAL_IR, card.CLEAN)}
     lines = [
         "# Model card: `models/demo` (the bundled MagicFuse model)",
         "",
@@ -247,9 +305,7 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         "A deliberately small MagicFuse (SPEC §1-5) trained on a 2-core CPU (wall times below), so that `make demo`,",
         "the CLI and the ROS node produce real MagImg / IKR / CKG / segmentation outputs out of the box.",
-        "It is a demonstration model, far from the paper's (SPEC §6): tiny denoisers that predict the clean",
-        "latent (`prediction: sample`), a fusion net with pooled attention (`attention_pool: 4`), 300 training",
-        "frames, minutes of training.",
+        "It is a demonstration model, far from the paper's (SPEC §6).",
         "",
         "| | |",
         "|---|---|",
@@ -268,19 +324,32 @@ def model_card(r: dict, grid_path: Path) -> str:
         *([f"| training history | {info['notes']} |"] if info.get("notes") else []),
         f"| inference | {r['inference_size'][0]}x{r['inference_size'][1]} "
         f"({'`info.inference_size`' if info.get('inference_size') else 'native: the frame size'}), "
-        f"{r['steps']} DDIM steps, {r['seconds_per_frame']:.2f} s per frame on this CPU |",
+        f"{r['steps']} DDIM steps, tau {r['tau']:g}, {r['seconds_per_frame']:.2f} s per frame on this CPU |",
         "",
         "## Evaluation protocol",
         "",
         f"- {r['frames']} frames of MSRS `val.txt` (never seen in training); the input is",
         "  `degrade_seeded(clean_visible, seed=i, kind=\"random\")` for the i-th name; the pipeline runs",
-        "  with `seed=i`.",
-        "- Fusion metrics: `magicfuse_core.metrics.compute_all(candidate, clean visible, real infrared)`,",
-        "  mean over frames at full resolution (640x480)" + (
+        "  with `seed=i`. The measures are `magicfuse_core.evaluation.card` (definitions: docs/METRICS.md §5).",
+        "- Candidates, all from the same degraded frame: the degraded input; **CLAHE** of it (OpenCV, clip limit 2,",
+        "  8x8 tiles, on the luma); **IKR only** (the restoration stream); the **image-level fusion** of the IKR and",
+        "  CKG outputs (luma max, IKR chroma: the paper's \"fuse after sampling\" ablation); **MagImg**.",
+        "- Fusion metrics: `metrics.FusionScorer(clean visible, real infrared).score(candidate)`, mean over frames",
+        "  at full resolution (640x480)" + (
             ", then at the inference resolution (every image, the two sources included, resized to it "
             "with antialiasing)." if small else "; the networks run at that resolution too."),
         "- `(clean VIS, reference)` is the undegraded visible frame scored the same way: no method sees it; it shows",
-        "  what a perfect restoration without any thermal knowledge would score. Bold = best of the three methods.",
+        "  what a perfect restoration without any thermal knowledge would score. Bold = best of the candidates.",
+        "",
+        "## What the method adds",
+        "",
+        markdown_table(summary_table(r), [*SUMMARY_KEYS, *CONTRAST_NAMES], labels=CONTRAST_NAMES,
+                       formats={c: signed for c in CONTRAST_NAMES}),
+        "",
+        f"Contrasts in grey levels (0-255), see below. MagImg / IKR only (target >= {card.RATIO_TARGET:g}: fusing in",
+        "thermal knowledge must not cost the restored detail):",
+        "",
+        *one_row_table("MagImg / IKR", r["ratios"], "{:.3f}"),
         "",
         "## Fusion metrics at full resolution (640x480)",
         "",
@@ -290,26 +359,36 @@ def model_card(r: dict, grid_path: Path) -> str:
            "", markdown_table(small, keys), ""] if small else []),
         "## CKG (generated infrared) against the real infrared",
         "",
-        markdown_table(sim, ["PSNR", "SSIM", "CC"], bold_best=True),
+        markdown_table(sim, ["PSNR", "SSIM", "CC"]),
         "",
         "PSNR here is the standard 10 log10(255²/MSE) in dB. 'grey … VIS as IR' is the trivial guess:",
         "the luma of the visible frame used as if it were the infrared frame.",
         "",
         "## Thermal-target contrast",
         "",
-        "Mean luma (0-255) inside the infrared person boxes minus the mean luma of a ring around them (each box",
-        f"grown by half its size on every side, minus all boxes), averaged over the {r['person_frames']} val frames",
-        "with people.",
+        "- person contrast: mean luma inside the infrared person boxes minus the mean luma of a ring around them",
+        f"  (each box grown by half its size on every side, minus all boxes), over the {r['person_frames']} frames with people;",
+        "- hottest-tenth contrast: mean luma on the pixels whose real-IR value is in the frame's top 10 % minus the",
+        f"  mean luma of the rest of the frame, over all {r['frames']} frames.",
         "",
-        *one_row_table("contrast", pc, "{:+.1f}"),
+        markdown_table(contrast_rows, list(CONTRAST_NAMES), bold_best=False, labels=CONTRAST_NAMES,
+                       formats={c: signed for c in CONTRAST_NAMES}),
         "",
-        "Where the thermal knowledge can enter MagImg: the segmentation head's person label inside those boxes",
+        "Where the thermal knowledge can enter MagImg: the segmentation head's person label inside the person boxes",
         "(the radiation mask caps the visible stream's weight at tau there) and the last step's corrected fusion",
-        "weight w_r (1 = IKR stream, 0 = CKG stream), averaged over the same frames:",
+        "weight w_r (1 = IKR stream, 0 = CKG stream), averaged over the frames with people:",
         "",
         *one_row_table("", rm, "{:.3g}"),
         "",
-        "## Acceptance checks (issue 4)",
+        "## Segmentation against the weak masks",
+        "",
+        "Pixels summed over all frames. Person: against the IR-silhouette masks the head is trained on (the warm",
+        "pixels of each person box; the colder rest of the box is left out). Car, bike: against the filled boxes.",
+        "Outside: the share of the pixels outside every box that the head labels car, person or bike.",
+        "",
+        *one_row_table("head", {k: seg[k] for k in SEG_TARGET_METRICS}, "{:.3f}"),
+        "",
+        "## Checks",
         "",
         "| check | result | numbers |",
         "|---|---|---|",
@@ -317,43 +396,15 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         "## Examples",
         "",
-        f"![degraded input, IKR, CKG, MagImg, real IR, clean visible]({grid_path.as_posix()})",
+        f"![{', '.join(GRID_COLUMNS)}]({grid_path.as_posix()})",
         "",
-        "Columns: degraded input | IKR (restored visible) | CKG (generated infrared) | MagImg | real infrared |",
-        "clean visible. Rows: two night and two day val frames with people.",
+        "Columns: " + " | ".join(GRID_COLUMNS) + " (the head's labels over the input, MFNet palette).",
+        f"Rows: val frames {', '.join(r['grid_frames']) or '(none)'} (night frames end in N, day frames in D);"
+        " yellow: the infrared person boxes.",
         "",
         "## Where it falls short",
         "",
-        *([f"- Acceptance check not met: {c} ({n})." for c, ok, n in checks if not ok] or
-          ["- All acceptance checks above are met on this evaluation."]),
-        f"- MagImg vs IKR: MagImg scores MI {fmt(full['MagImg']['MI'])} / Qabf {fmt(full['MagImg']['Qabf'])} / "
-        f"VIF {fmt(full['MagImg']['VIF'])} against IKR-only's {fmt(full['IKR only']['MI'])} / "
-        f"{fmt(full['IKR only']['Qabf'])} / {fmt(full['IKR only']['VIF'])}; its person contrast is "
-        f"{pc['MagImg']:+.1f} against the CKG stream's {pc['CKG (generated IR)']:+.1f} and the real IR's "
-        f"{pc['real IR']:+.1f}. Thermal knowledge reaches MagImg through the radiation mask: the",
-        f"  segmentation head labels {rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the "
-        "person-box pixels as person (its training masks, the boxes cut to their IR-warm",
-        f"  pixels, cover about a third of a box), and there w is capped at tau = {r.get('tau', float('nan')):g} "
-        f"(mean w_r in the boxes {rm.get('mean w_r inside person boxes', float('nan')):.2f},",
-        f"  elsewhere {rm.get('mean w_r elsewhere', float('nan')):.3f}: it also fires on some background). "
-        "The fusion net's own weights stay near w = 1 (the IKR",
-        "  stream) outside the mask. tau is above the paper's 0.4 because capping harder made whole frames darker",
-        "  through the released decoder's InstanceNorm and cost Qabf (docs/TRAINING.md).",
-        f"- Sharpness: the z0-predicting denoisers give smooth, slightly blurred images: SF {fmt(full['MagImg']['SF'])} / "
-        f"AG {fmt(full['MagImg']['AG'])} against the degraded input's {fmt(full['degraded VIS']['SF'])} / "
-        f"{fmt(full['degraded VIS']['AG'])} (whose noise also counts as detail for those two metrics).",
-        "- Capacity and data: tiny denoisers trained for minutes on 300 MSRS frames with synthetic degradations.",
-        "  The CKG stream is the weakest: a dark image with warm blobs where people stand and little of the",
-        "  scene's structure (see the grid); it beats the trivial guess by getting the infrared brightness",
-        f"  right, and makes people brighter ({pc['CKG (generated IR)']:+.1f}) but far less than the real IR "
-        f"({pc['real IR']:+.1f}). It is not a measurement.",
-        f"- Segmentation: trained for minutes on weak masks ({data.get('weak_masks')}); it labels "
-        f"{rm.get('person-box pixels labelled person (%)', float('nan')):.1f} % of the",
-        "  person-box pixels as person, and the other MFNet classes (curve, guardrail, ...) are never learned.",
-        "  Do not use its map downstream.",
-        "- Domain: MSRS road scenes and MSRS-processed infrared only; other cameras need retraining",
-        "  (docs/TRAINING.md).",
-        "- Results depend on the sampling seed (the encoder noise, z_T and s_T); the card uses seed = frame index.",
+        *shortfalls(r, checks),
         "",
     ]
     return "\n".join(lines)

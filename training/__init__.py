@@ -4,5 +4,5 @@
     python -m training.phase2 --config training/configs/cpu_smoke.yaml
     python -m training.export_model --config training/configs/cpu_smoke.yaml --out models/my_model
 
-Every entry point also runs under torchrun (see docs/TRAINING.md).
+Every entry point also runs under torchrun (see docs/TRAINING.md, which also maps the shared modules).
 """

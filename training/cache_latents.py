@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 
-from training.common import build_autoencoder, get_latent_cache, load_config, setup_distributed
+from training.builders import build_autoencoder
+from training.config import load_config
+from training.distributed import setup_distributed
+from training.latent_cache import get_latent_cache
 
 
 def main(argv=None) -> None:

@@ -21,7 +21,9 @@ import torch
 from magicfuse_core.checkpoint import MagicFuseModel, save_model
 from magicfuse_core.data import read_names
 from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids
-from training.common import build_autoencoder, load_config, load_trained_module, repo_path
+from training.builders import build_autoencoder
+from training.checkpoints import load_trained_module
+from training.config import load_config, repo_path
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -28,10 +28,16 @@ from tqdm import tqdm
 from magicfuse_core.losses import eps_mse
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
-from training.common import (EMA, RunLogger, Throughput, autocast, barrier, build_autoencoder, build_unet,
-                             cleanup_distributed, encode, get_latent_cache, grad_norm_, image_grid,
-                             load_config, make_dataset, object_crop_prob, repo_path, resume_if_any,
-                             resize_images, save_checkpoint, setup_distributed, step_generator)
+from training.builders import build_autoencoder, build_unet
+from training.checkpoints import resume_if_any, save_checkpoint
+from training.config import load_config, repo_path
+from training.data import encode, make_dataset, resize_images
+from training.distributed import autocast, cleanup_distributed, setup_distributed
+from training.ema import EMA
+from training.latent_cache import get_latent_cache, object_crop_prob
+from training.optim import grad_norm_
+from training.rng import step_generator
+from training.run_log import RunLogger, Throughput, image_grid
 
 COMPONENTS = ("autoencoder", "ikr", "ckg")
 
@@ -118,7 +124,7 @@ def main(argv=None) -> dict:
     seed = int(cfg.get("seed", 0))
     if cfg.get("threads"):  # small convs on a shared CPU run faster on fewer threads
         torch.set_num_threads(int(cfg["threads"]))
-    ctx = setup_distributed(cfg.get("device", "auto"))
+    ctx = setup_distributed(cfg.get("device", "auto"), cfg.get("ddp_timeout_min"))
     device = ctx.device
     run_dir = repo_path(cfg["run_dir"]) / component
     log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
@@ -156,8 +162,8 @@ def main(argv=None) -> dict:
     ema = EMA(model, p.get("ema_decay", 0.999))
 
     # wall_before: wall time of the runs this one resumes
-    step, wall_before = resume_if_any(run_dir, args.fresh, log, model=model, optimizer=optimizer, scheduler=scheduler,
-                                      ema=ema)
+    step, wall_before = resume_if_any(run_dir, args.fresh, log, ctx=ctx, seed=seed, model=model, optimizer=optimizer,
+                                      scheduler=scheduler, ema=ema)
     trained = Reconstruction(model) if component == "autoencoder" else model
     ddp_model = DistributedDataParallel(trained) if ctx.enabled else trained
     if cache is None:
@@ -246,11 +252,9 @@ def main(argv=None) -> dict:
             torch.distributed.all_reduce(flag)
             out_of_time = flag.item() > 0
         if step % p["ckpt_every"] == 0 or step == max_steps or out_of_time:
-            if ctx.is_main:
-                save_checkpoint(run_dir / "last.pt", step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                                ema=ema, config=cfg,
-                                extra={"component": component, "wall_s": wall_before + time.time() - t_start})
-            barrier(ctx)
+            save_checkpoint(run_dir / "last.pt", ctx=ctx, step=step, model=model, optimizer=optimizer,
+                            scheduler=scheduler, ema=ema, config=cfg,
+                            extra={"component": component, "wall_s": wall_before + time.time() - t_start})
         if out_of_time:
             log.info(f"time budget of {budget_s / 60:.1f} min reached at step {step}")
             break

@@ -28,12 +28,17 @@ from magicfuse_core.losses import segmentation_loss, visual_loss
 from magicfuse_core.models.fusion import correct_weight, fuse_noise, radiation_mask, upsample_logits
 from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids, colorize
 from magicfuse_core.schedule import DDIMSchedule
-from training.common import (EMA, RunLogger, Throughput, autocast, barrier, build_autoencoder, build_fusion,
-                             build_unet, cleanup_distributed, encode, get_latent_cache, grad_norm_, image_grid,
-                             load_config, load_trained_module, make_dataset, object_crop_prob, resume_if_any,
-                             repo_path, resize_images, resize_mask, save_checkpoint, setup_distributed,
-                             step_generator)
+from training.builders import build_autoencoder, build_fusion, build_unet
+from training.checkpoints import load_trained_module, resume_if_any, save_checkpoint
+from training.config import load_config, repo_path
+from training.data import encode, make_dataset, resize_images, resize_mask
+from training.distributed import autocast, cleanup_distributed, setup_distributed
+from training.ema import EMA
+from training.latent_cache import get_latent_cache, object_crop_prob
+from training.optim import grad_norm_
 from training.phase1 import image_batches
+from training.rng import step_generator
+from training.run_log import RunLogger, Throughput, image_grid
 
 
 def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor, schedule: DDIMSchedule,
@@ -113,7 +118,7 @@ def main(argv=None) -> dict:
     seed = int(cfg.get("seed", 0))
     if cfg.get("threads"):  # small convs on a shared CPU run faster on fewer threads
         torch.set_num_threads(int(cfg["threads"]))
-    ctx = setup_distributed(cfg.get("device", "auto"))
+    ctx = setup_distributed(cfg.get("device", "auto"), cfg.get("ddp_timeout_min"))
     device = ctx.device
     run_dir = repo_path(cfg["run_dir"]) / "fusion"
     log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
@@ -184,8 +189,8 @@ def main(argv=None) -> dict:
                                                 gamma=float(p.get("lr_gamma", 0.5)))
     ema = EMA(fusion, p.get("ema_decay", 0.0))
     # wall_before: wall time of the runs this one resumes
-    step, wall_before = resume_if_any(run_dir, args.fresh, log, model=fusion, optimizer=optimizer, scheduler=scheduler,
-                                      ema=ema)
+    step, wall_before = resume_if_any(run_dir, args.fresh, log, ctx=ctx, seed=seed, model=fusion, optimizer=optimizer,
+                                      scheduler=scheduler, ema=ema)
     ddp_fusion = DistributedDataParallel(fusion) if ctx.enabled else fusion
     if cache is None:
         batches = image_batches(loader, sampler, dataset, step)
@@ -248,11 +253,9 @@ def main(argv=None) -> dict:
             torch.distributed.all_reduce(flag)
             out_of_time = flag.item() > 0
         if step % p["ckpt_every"] == 0 or step == max_steps or out_of_time:
-            if ctx.is_main:
-                save_checkpoint(run_dir / "last.pt", step=step, model=fusion, optimizer=optimizer, scheduler=scheduler,
-                                ema=ema, config=cfg,
-                                extra={"component": "fusion", "wall_s": wall_before + time.time() - t_start})
-            barrier(ctx)
+            save_checkpoint(run_dir / "last.pt", ctx=ctx, step=step, model=fusion, optimizer=optimizer,
+                            scheduler=scheduler, ema=ema, config=cfg,
+                            extra={"component": "fusion", "wall_s": wall_before + time.time() - t_start})
         if out_of_time:
             log.info(f"time budget of {budget_s / 60:.1f} min reached at step {step}")
             break

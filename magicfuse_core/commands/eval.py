@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the EvalConfig from the parsed options, run it and print the means. Returns 0."""
-    from magicfuse_core.evaluate import EvalConfig, format_means, run_evaluation
+    from magicfuse_core.evaluation import EvalConfig, format_means, run_evaluation
 
     config = EvalConfig(
         vis=args.vis, ir=args.ir, out=args.out, clean_vis=args.clean_vis,

@@ -65,7 +65,8 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    from ..export import DEFAULT_COMPONENTS, NET_IO, export_model, verify_onnx  # noqa: PLC0415
+    from ..backends.onnx_export import export_model, verify_onnx  # noqa: PLC0415
+    from ..io_contract import DEFAULT_COMPONENTS, NET_IO  # noqa: PLC0415
 
     components = [c.strip() for c in args.components.split(",") if c.strip()]
     unknown = [c for c in components if c not in NET_IO]
@@ -90,17 +91,17 @@ def run_export(args) -> int:
 def run_build_engines(args) -> int:
     import torch  # noqa: PLC0415
 
-    from .. import runtime  # noqa: PLC0415
+    from ..backends.registry import check_backend, default_cache_dir  # noqa: PLC0415
+    from ..backends.tensorrt_engines import TensorRTBuilder, tensorrt_hooks  # noqa: PLC0415
 
     device = torch.device(args.device)
-    runtime.check_backend("tensorrt", device)
+    check_backend("tensorrt", device)
     model = _load_model(args).to(device)
     notes: list[str] = []
-    cache_dir = args.cache_dir or runtime.default_cache_dir() / "engines"
-    builder = runtime.TensorRTBuilder(precision=args.precision, workspace_gib=args.workspace_gib)
-    runtime.tensorrt_hooks(model, device, cache_dir=cache_dir, onnx_dir=args.onnx, precision=args.precision,
-                           height=args.height, width=args.width, max_batch=args.max_batch, builder=builder,
-                           notes=notes)
+    cache_dir = args.cache_dir or default_cache_dir() / "engines"
+    builder = TensorRTBuilder(precision=args.precision, workspace_gib=args.workspace_gib)
+    tensorrt_hooks(model, device, cache_dir=cache_dir, onnx_dir=args.onnx, precision=args.precision,
+                   height=args.height, width=args.width, max_batch=args.max_batch, builder=builder, notes=notes)
     for note in notes:
         print(note)
     print(json.dumps({"cache_dir": str(cache_dir), "height": args.height, "width": args.width,

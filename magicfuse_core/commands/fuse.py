@@ -2,8 +2,10 @@
 
 Writes, under --out, one PNG per input frame with the input's name (suffix .png):
 magimg/, ikr/ (restored visible), ckg/ (generated infrared), seg/ (MFNet colour
-palette) and seg_labels/ (uint8 class ids). Unreadable or non-image files are
-reported and skipped; the rest are processed.
+palette) and seg_labels/ (uint8 class ids). `--outputs magimg,seg` (any subset of
+magimg, ikr, ckg, seg) computes and writes only those: the decoder runs once per
+image kind asked for. Unreadable or non-image files are reported and skipped; the
+rest are processed.
 """
 from __future__ import annotations
 
@@ -16,7 +18,16 @@ from tqdm import tqdm
 
 from .common import add_model_options, fuse_options, load_pipeline
 
-OUTPUT_DIRS = ("magimg", "ikr", "ckg", "seg", "seg_labels")
+CLI_OUTPUTS = ("magimg", "ikr", "ckg", "seg")  # "seg" writes seg/ and seg_labels/
+
+
+def parse_cli_outputs(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(o.strip() for o in text.split(",") if o.strip()))
+    unknown = [o for o in chosen if o not in CLI_OUTPUTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"--outputs takes a comma-separated subset of {','.join(CLI_OUTPUTS)}, "
+                                         f"got {text!r}")
+    return chosen
 
 
 def register(sub) -> None:
@@ -26,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="base seed; frame i of the sorted inputs uses seed + i")
     p.add_argument("--batch", type=int, default=1, help="frames per forward pass (same-size frames are batched)")
+    p.add_argument("--outputs", type=parse_cli_outputs, default=CLI_OUTPUTS, metavar="LIST",
+                   help=f"what to compute and write, a subset of {','.join(CLI_OUTPUTS)} (default: all)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -76,14 +89,15 @@ def run(args) -> int:
     def flush(key):
         nonlocal done
         group = pending.pop(key)
-        res = pipe([im for _, im in group], seed=[seeds[p] for p, _ in group], **opts)
+        res = pipe([im for _, im in group], seed=[seeds[p] for p, _ in group], outputs=args.outputs, **opts)
         for j, (p, _) in enumerate(group):
             name = p.stem + ".png"
-            write_png(args.out / "magimg" / name, res.magimg[j])
-            write_png(args.out / "ikr" / name, res.ikr[j])
-            write_png(args.out / "ckg" / name, res.ckg[j])
-            write_png(args.out / "seg" / name, colorize(res.seg_labels[j]))
-            write_png(args.out / "seg_labels" / name, res.seg_labels[j])
+            for kind in ("magimg", "ikr", "ckg"):
+                if kind in args.outputs:
+                    write_png(args.out / kind / name, getattr(res, kind)[j])
+            if "seg" in args.outputs:
+                write_png(args.out / "seg" / name, colorize(res.seg_labels[j]))
+                write_png(args.out / "seg_labels" / name, res.seg_labels[j])
         done += len(group)
         bar.update(len(group))
 
@@ -108,5 +122,6 @@ def run(args) -> int:
     for key in list(pending):
         flush(key)
     bar.close()
-    print(f"fused {done} frame(s) into {args.out} ({', '.join(OUTPUT_DIRS)}); skipped {failed + len(skipped)}")
+    folders = [d for o in args.outputs for d in (("seg", "seg_labels") if o == "seg" else (o,))]
+    print(f"fused {done} frame(s) into {args.out} ({', '.join(folders)}); skipped {failed + len(skipped)}")
     return 0 if done else 1

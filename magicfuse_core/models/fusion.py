@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..palette import DEFAULT_THERMAL_CLASSES
+from ..palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES
 from .embeddings import ddpm_timestep_embedding
+from .norm import GroupNorm32
 
 
 @dataclass
@@ -75,21 +76,17 @@ class TimeResBlock(nn.Module):
 
     def __init__(self, channels: int, temb_dim: int, groups: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm1 = GroupNorm32(groups, channels, eps=1e-6)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.temb_proj = nn.Linear(temb_dim, channels)
-        self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm2 = GroupNorm32(groups, channels, eps=1e-6)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(_norm32(self.norm1, x)))
+        h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.temb_proj(F.silu(temb)).to(h.dtype)[..., None, None]
-        h = self.conv2(F.silu(_norm32(self.norm2, h)))
+        h = self.conv2(F.silu(self.norm2(h)))
         return x + h
-
-
-def _norm32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    return norm(x.float()).to(x.dtype)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -102,7 +99,7 @@ class SpatialSelfAttention(nn.Module):
     def __init__(self, channels: int, groups: int, pool: int = 1):
         super().__init__()
         self.pool = int(pool)
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm32(groups, channels, eps=1e-6)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -110,7 +107,7 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        n = _norm32(self.norm, x)
+        n = self.norm(x)
         kv = n if self.pool == 1 else F.avg_pool2d(n, self.pool, ceil_mode=True)
         q, k, v = (proj(src).flatten(2).transpose(1, 2)[:, None] for proj, src in ((self.q, n), (self.k, kv), (self.v, kv)))
         # (B, 1, N, C): SDPA never materialises the N x N score matrix on GPU kernels that fuse it.
@@ -179,7 +176,7 @@ class FusionModule(nn.Module):
     state bilinearly up-sampled x4 to image size.
     """
 
-    def __init__(self, net: FusionNet, tau: float = 0.4, thermal_classes=DEFAULT_THERMAL_CLASSES):
+    def __init__(self, net: FusionNet, tau: float = DEFAULT_TAU, thermal_classes=DEFAULT_THERMAL_CLASSES):
         super().__init__()
         self.net = net
         self.tau = float(tau)

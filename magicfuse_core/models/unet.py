@@ -1,13 +1,11 @@
 """Conditional latent-diffusion UNet: the IKR denoiser Psi and the CKG denoiser Phi (SPEC §3).
 
 Input: concat(condition latent, x_t) -> (B, 16, h, w) in the [-1, 1] diffusion space,
-float timesteps t (B,); output: predicted noise (B, 8, h, w).
-
-`prediction="sample"` (our small models; the paper's are "epsilon"): the network body predicts the
-clean latent z0 and the module converts it to the noise the sampler and the fusion expect,
-eps = (x_t - sqrt(a_t) z0) / sqrt(1 - a_t). The released latents are small (std ~0.13 per channel),
-so at the first steps (sqrt(a_t) ~ 0.07) an epsilon error is amplified ~14x in z0_hat; a small
-network cannot predict epsilon that precisely, and a z0 prediction has no such amplification.
+float timesteps t (B,); output (B, 8, h, w): what the network was trained to predict,
+recorded in `config.prediction` — the noise ("epsilon", SPEC and the paper) or the clean
+latent ("sample", our small models). The network only records it: the conversion to the
+noise the sampler expects belongs to the sampling side (`magicfuse_core.denoiser`), with
+the schedule the model was trained with.
 
 The module tree mirrors the Stable Diffusion v1 "openaimodel" parameter layout
 (input_blocks / middle_block / output_blocks / out / time_embed) so that the
@@ -22,10 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..denoiser import PREDICTIONS
 from .embeddings import unet_timestep_embedding
+from .norm import GroupNorm32
 
 
-PREDICTIONS = ("epsilon", "sample")
 
 
 @dataclass
@@ -38,7 +37,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (4, 8)
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     groups: int = 32
-    prediction: str = "epsilon"  # what the body predicts: "epsilon" (SPEC, the paper) or "sample" (z0)
+    prediction: str = "epsilon"  # what the trained net predicts: "epsilon" (SPEC, the paper) or "sample" (z0)
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -78,13 +77,6 @@ def unet_config(profile: str) -> UNetConfig:
     if profile not in PROFILES:
         raise ValueError(f"unknown UNet profile {profile!r}; known: {', '.join(PROFILES)}")
     return PROFILES[profile]
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activation dtype (bf16-safe)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
 
 
 class ResBlock(nn.Module):
@@ -247,15 +239,6 @@ class ConditionalUNet(nn.Module):
                 self.output_blocks.append(Stage(layers))
 
         self.out = nn.Sequential(GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
-        if cfg.prediction == "sample":
-            # sqrt(a_t) and sqrt(1 - a_t) of the SPEC schedule, per integer timestep; stored as roots so
-            # that a bf16/fp16 copy keeps them accurate (1 - a_t itself would round to 0 near t = 0).
-            # Not persistent: state dicts stay those of the epsilon layout.
-            from ..schedule import DDIMSchedule  # noqa: PLC0415
-
-            alpha_bar = DDIMSchedule().alphas_cumprod.double()
-            self.register_buffer("sqrt_alpha_bar", alpha_bar.sqrt().float(), persistent=False)
-            self.register_buffer("sqrt_one_minus_alpha_bar", (1 - alpha_bar).sqrt().float(), persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 0:
@@ -269,14 +252,7 @@ class ConditionalUNet(nn.Module):
         for stage in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = stage(h, emb, size=skips[-1].shape[-2:] if skips else None)
-        out = self.out(h)
-        if self.config.prediction == "epsilon":
-            return out
-        x_t = x[:, -out.shape[1]:].float()
-        index = t.round().long().clamp(0, self.sqrt_alpha_bar.shape[0] - 1)
-        s_a = self.sqrt_alpha_bar[index].float().view(-1, 1, 1, 1)
-        s_1ma = self.sqrt_one_minus_alpha_bar[index].float().view(-1, 1, 1, 1)
-        return ((x_t - s_a * out.float()) / s_1ma).to(out.dtype)
+        return self.out(h)
 
 
 def count_parameters(module: nn.Module) -> int:

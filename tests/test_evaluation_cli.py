@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magicfuse_core import cli, evaluate, metrics
+from magicfuse_core import cli
+from magicfuse_core.evaluation import baselines, metrics
 from magicfuse_core.imageio import write_png
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -35,7 +36,7 @@ def dataset(tmp_path: Path) -> dict[str, Path]:
         vis, ir = _frame(i)
         write_png(root["vis"] / f"{name}.png", vis)
         write_png(root["ir"] / f"{name}.png", ir)
-        write_png(root["mine"] / f"{name}.png", evaluate.baseline_max_luminance(vis, ir))
+        write_png(root["mine"] / f"{name}.png", baselines.baseline_max_luminance(vis, ir))
         write_png(root["ckg"] / f"{name}.png", np.clip(ir.astype(int) + 5, 0, 255).astype(np.uint8))
         seg = np.zeros((H, W), np.uint8)
         seg[10:30, 20:25] = 2  # covers half of the person box
@@ -65,7 +66,7 @@ def test_eval_writes_metrics_csv_and_report_with_baselines(dataset, tmp_path):
     assert {"settings", "frames", "fusion", "ir_similarity", "segmentation", "box_proxy"} <= set(result)
     assert result["frames"]["scored"] == 3 and result["frames"]["skipped"] == []
     means = result["fusion"]["mean"]
-    assert list(means) == [*evaluate.BASELINES, "mine"]  # ckg is scored as generated IR, not as a fusion
+    assert list(means) == [*baselines.BASELINES, "mine"]  # ckg is scored as generated IR, not as a fusion
     for method in means:
         assert set(means[method]) == set(metrics.METRIC_NAMES)
     assert means["visible"]["SCD"] == "NaN"  # F == A without --clean-vis
@@ -78,12 +79,12 @@ def test_eval_writes_metrics_csv_and_report_with_baselines(dataset, tmp_path):
     with (out / "per_frame.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 * 4
-    assert {r["method"] for r in rows} == {*evaluate.BASELINES, "mine"}
+    assert {r["method"] for r in rows} == {*baselines.BASELINES, "mine"}
 
     report = (out / "report.html").read_text()
     assert "<table" in report and "Fusion metrics" in report
     assert report.count("data:image/png;base64,") >= 1 + 3  # bar chart + sample grid
-    for name in (*evaluate.BASELINES, "mine", "ckg"):
+    for name in (*baselines.BASELINES, "mine", "ckg"):
         assert name in report
     assert (out / "metrics_bars.png").stat().st_size > 0
 
@@ -127,7 +128,7 @@ def test_max_luminance_baseline_of_a_grey_frame_is_the_pixel_maximum():
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
     ir = rng.integers(0, 256, (8, 8), dtype=np.uint8)
-    fused = evaluate.baseline_max_luminance(np.repeat(grey[..., None], 3, axis=2), ir)
+    fused = baselines.baseline_max_luminance(np.repeat(grey[..., None], 3, axis=2), ir)
     assert np.array_equal(fused, np.repeat(np.maximum(grey, ir)[..., None], 3, axis=2))
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from magicfuse_core import runtime
+from magicfuse_core.backends import BackendUnavailable, available_backends, check_backend, parse_backend_spec
+from magicfuse_core.backends.onnx_export import example_inputs, export_matches, load_manifest
+from magicfuse_core.backends.onnx_runtime import OrtNet, check_active_provider
+from magicfuse_core.backends.tensorrt_engines import GPUEnvironment, engine_shapes, keep_fp32, tensorrt_hooks
+from magicfuse_core.backends.torch_fast import TorchNet, cast_for_precision
 from magicfuse_core.checkpoint import save_model
-from magicfuse_core.export import NET_IO, example_inputs, export_matches, load_manifest
+from magicfuse_core.io_contract import NET_IO, Channels
 from magicfuse_core.pipeline import MagicFusePipeline
-from magicfuse_core.runtime import (BackendUnavailable, CUDAGraphNet, GPUEnvironment, GraphedSampler, OrtNet,
-                                    TorchNet, apply_backend, cast_for_precision, check_backend, parse_backend_spec,
-                                    tensorrt_hooks)
-from magicfuse_core.sampler import fused_sample
 
 STEPS = 3
 FRAME = (np.random.default_rng(0).random((1, 40, 56, 3)) * 255).astype(np.uint8)  # padded to 64x64 inside
@@ -46,18 +46,18 @@ def assert_same_result(result, reference, max_pixel=2, max_changed_labels=0.01):
 
 # ---- selection and errors ---------------------------------------------------------------
 def test_unknown_backend_is_rejected_with_the_choices():
-    with pytest.raises(ValueError, match="torch \\| torch-compiled \\| onnxruntime \\| tensorrt"):
-        apply_backend(_pipe(), "tensorflow")
+    with pytest.raises(ValueError, match="auto \\| torch \\| torch-compiled \\| onnxruntime \\| tensorrt"):
+        _pipe().use_backend("tensorflow")
 
 
 def test_unknown_backend_option_is_rejected():
     with pytest.raises(ValueError, match="unknown option.*'precison'"):
-        apply_backend(_pipe(), "torch", precison="bf16")
+        _pipe().use_backend("torch", precison="bf16")
 
 
 def test_tensorrt_on_cpu_says_a_gpu_is_needed():
     with pytest.raises(BackendUnavailable, match="needs an NVIDIA GPU"):
-        apply_backend(_pipe(), "tensorrt")
+        _pipe().use_backend("tensorrt")
 
 
 def test_missing_package_names_it_and_how_to_install(monkeypatch):
@@ -79,8 +79,8 @@ def test_missing_package_names_it_and_how_to_install(monkeypatch):
 
 
 def test_available_backends_reports_reasons():
-    report = runtime.available_backends("cpu")
-    assert report["torch"] is None and report["onnxruntime"] is None
+    report = available_backends("cpu")
+    assert report["torch"] is None and report["onnxruntime"] is None and report["auto"] is None
     assert "GPU" in report["tensorrt"]
 
 
@@ -94,7 +94,7 @@ def test_backend_spec_parsing():
 
 # ---- torch backend ------------------------------------------------------------------------
 def test_gpu_options_are_ignored_on_cpu_and_results_unchanged(reference):
-    pipe = apply_backend(_pipe(), "torch:precision=bf16,channels_last=1", cuda_graph=True)  # spec + keywords
+    pipe = _pipe().use_backend("torch:precision=bf16,channels_last=1", cuda_graph=True)  # spec + keywords
     assert pipe.backend_info.options == {"precision": "bf16", "channels_last": 1, "cuda_graph": True}
     assert "CUDA only" in " ".join(pipe.backend_info.notes)
     assert next(pipe.model.ckg.parameters()).dtype == torch.float32
@@ -105,7 +105,8 @@ def test_reduced_precision_keeps_groupnorm_fp32_and_stays_close():
     """The bf16 machinery itself (weights, input casts, fp32 outputs), run on CPU."""
     pipe = _pipe()
     inputs = list(example_inputs(pipe.model, "ikr", 1, 8, 8).values())
-    ref = pipe.model.ikr(*inputs)
+    with torch.no_grad():
+        ref = pipe.model.ikr(*inputs)
     cast_for_precision(pipe.model.ikr, torch.bfloat16)
     dtypes = {type(m).__name__: next(m.parameters()).dtype for m in pipe.model.ikr.modules()
               if isinstance(m, (nn.GroupNorm, nn.Conv2d, nn.Linear, nn.LayerNorm))}
@@ -117,29 +118,16 @@ def test_reduced_precision_keeps_groupnorm_fp32_and_stays_close():
 
 
 def test_cpu_precision_applies_bf16_on_cpu_within_tolerance(reference):
-    pipe = apply_backend(_pipe(), "torch:precision=bf16,cpu_precision=1")
+    pipe = _pipe().use_backend("torch:precision=bf16,cpu_precision=1")
     assert next(pipe.model.ckg.parameters()).dtype == torch.bfloat16
     assert_same_result(pipe(FRAME, seed=5), reference, max_pixel=10, max_changed_labels=0.02)
 
 
 def test_torch_compiled_backend_runs_and_matches():
-    pipe = apply_backend(_pipe(), "torch-compiled", compile_backend="eager")
+    pipe = _pipe().use_backend("torch-compiled", compile_backend="eager")
     inputs = list(example_inputs(pipe.model, "fusion", 1, 8, 8).values())
     for got, want in zip(pipe.fusion_net(*inputs), pipe.model.fusion(*inputs)):
         torch.testing.assert_close(got, want)
-
-
-def test_graphed_sampler_falls_back_to_the_eager_loop_off_cuda():
-    pipe = _pipe()
-    g = torch.Generator().manual_seed(0)
-    cond, z, s = torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 9, 8, 8, generator=g)
-    schedule = pipe.model.schedule.with_steps(2)
-    with torch.inference_mode():
-        a = GraphedSampler()(pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net, cond, z, s, schedule)
-        b = fused_sample(pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net, cond, z, s, schedule)
-    assert torch.equal(a.z0_fused, b.z0_fused) and a.steps_run == 2
-    with pytest.raises(ValueError, match="plain hooks"):
-        GraphedSampler()(CUDAGraphNet(pipe.ikr_denoiser), pipe.ckg_denoiser, pipe.fusion_net, cond, z, s, schedule)
 
 
 # ---- ONNX Runtime -------------------------------------------------------------------------------
@@ -154,13 +142,13 @@ def onnx_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("io_binding", [False, True])
 def test_onnxruntime_sampling_matches_torch(reference, onnx_cache, io_binding):
-    pipe = apply_backend(_pipe(), "onnxruntime", io_binding=io_binding, threads=1)
+    pipe = _pipe().use_backend("onnxruntime", io_binding=io_binding, threads=1)
     assert isinstance(pipe.fusion_net, OrtNet) and pipe.fusion_net.io_binding is io_binding
     assert_same_result(pipe(FRAME, seed=5), reference)
 
 
 def test_onnx_export_is_reused_for_the_same_weights_only(onnx_cache):
-    pipe = apply_backend(_pipe(), "onnxruntime", threads=1)
+    pipe = _pipe().use_backend("onnxruntime", threads=1)
     assert any("reusing" in n for n in pipe.backend_info.notes)
     (export_dir,) = (onnx_cache / "onnx").iterdir()
     manifest = load_manifest(export_dir)
@@ -198,7 +186,8 @@ class OnnxAsEngineBuilder:
 def load_onnx_engine(data: bytes, component: str):
     import onnxruntime as ort
 
-    return OrtNet(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), component, torch.device("cpu"))
+    return OrtNet(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), component, torch.device("cpu"),
+                  Channels())
 
 
 def test_tensorrt_chain_builds_caches_and_matches_torch(tmp_path, onnx_cache, reference):
@@ -211,7 +200,7 @@ def test_tensorrt_chain_builds_caches_and_matches_torch(tmp_path, onnx_cache, re
     hooks = tensorrt_hooks(pipe.model, pipe.device, notes=notes, **opts)
     assert sorted(builder.built) == ["ckg", "fusion", "ikr"]
     pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net = hooks["ikr"], hooks["ckg"], hooks["fusion"]
-    assert_same_result(pipe(FRAME, seed=5), reference)
+    assert_same_result(pipe(FRAME, seed=5), reference)  # engines built for 40x56 = the frame's size
 
     notes.clear()
     tensorrt_hooks(pipe.model, pipe.device, notes=notes, **opts)   # same key: loaded, not built

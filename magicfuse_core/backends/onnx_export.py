@@ -1,17 +1,11 @@
 """ONNX export of MagicFuse's networks, and a check that ONNX Runtime agrees with torch.
 
-Exported components (names, inputs -> outputs; h, w = latent size = image size / 4):
-
-    ikr, ckg   x (B, 16, h, w), t (B,) float                -> eps (B, 8, h, w)
-    fusion     x24 (B, 24, h, w), eps_ikr, eps_ckg (B, 8, h, w),
-               t (B,), seg_state (B, 9, h, w)               -> w (B, 8, h, w), seg_state_next (B, 9, h, w)
-    decoder    latent (B, 8, h, w) in [0, 1]                -> image (B, 3, 4h, 4w) in [0, 1]
-    encoder    image (B, 3, 4h, 4w) in [0, 1], noise (B, 32, h, w) -> latent (B, 8, h, w) in [0, 1]
-
-The call signatures of ikr/ckg/fusion are exactly the pipeline hooks
-(`ikr_denoiser(x16, t)`, `fusion_net(x24, eps_ikr, eps_ckg, t, seg_state)`), so
-an ONNX Runtime or TensorRT session wrapped as a callable replaces them one for
-one (see runtime.py). The encoder takes its noise as an input: the graph stays
+What is exported (names, inputs, outputs, shapes) is the networks' I/O contract
+in `magicfuse_core.io_contract`. ikr/ckg are exported as the sampler calls them,
+`EpsilonDenoiser` included, so an exported denoiser returns the noise whatever
+its body predicts. The call signatures are exactly the pipeline's hooks, so an
+ONNX Runtime or TensorRT session wrapped as a callable replaces them one for one
+(see the backends). The encoder takes its noise as an input: the graph stays
 deterministic and the pipeline keeps control of the seed.
 
 Shapes: the batch axis is always dynamic. Spatial axes are dynamic by default
@@ -35,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 import warnings
@@ -46,31 +39,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import MagicFuseModel
-from .pipeline import PAD_MULTIPLE
+from ..checkpoint import MagicFuseModel
+from ..hashing import sha256_files
+from ..io_contract import DEFAULT_COMPONENTS, NET_IO, SAMPLER_COMPONENTS, Channels, input_shapes, latent_size
 
 DEFAULT_OPSET = 17
 MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class NetIO:
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-NET_IO: dict[str, NetIO] = {
-    "ikr": NetIO(("x", "t"), ("eps",)),
-    "ckg": NetIO(("x", "t"), ("eps",)),
-    "fusion": NetIO(("x24", "eps_ikr", "eps_ckg", "t", "seg_state"), ("w", "seg_state_next")),
-    "decoder": NetIO(("latent",), ("image",)),
-    "encoder": NetIO(("image", "noise"), ("latent",)),
-}
-SAMPLER_COMPONENTS = ("ikr", "ckg", "fusion")          # what a backend replaces
-DEFAULT_COMPONENTS = ("ikr", "ckg", "fusion", "decoder", "encoder")
-
-
-class _EncoderWithNoise(nn.Module):
+class EncoderWithNoise(nn.Module):
     """encoder(image, noise) with the noise as a graph input (deterministic export)."""
 
     def __init__(self, encoder: nn.Module):
@@ -83,12 +60,14 @@ class _EncoderWithNoise(nn.Module):
 
 def component_module(model: MagicFuseModel, component: str) -> nn.Module:
     """The torch module whose forward matches the component's ONNX signature."""
-    if component in ("ikr", "ckg", "fusion"):
-        return getattr(model, component)
+    if component in ("ikr", "ckg"):
+        return model.denoiser(component)
+    if component == "fusion":
+        return model.fusion
     if component == "decoder":
         return model.autoencoder.decoder
     if component == "encoder":
-        return _EncoderWithNoise(model.autoencoder.encoder)
+        return EncoderWithNoise(model.autoencoder.encoder)
     raise ValueError(f"unknown component {component!r}; known: {', '.join(NET_IO)}")
 
 
@@ -101,36 +80,12 @@ def _fp32_module(model: MagicFuseModel, component: str) -> nn.Module:
     return module
 
 
-def latent_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
-    """Image size -> latent size the pipeline will use (padding to `multiple`, then / 4)."""
-    if height < 4 or width < 4:
-        raise ValueError(f"image size must be at least 4x4, got {height}x{width}")
-    return math.ceil(height / multiple) * multiple // 4, math.ceil(width / multiple) * multiple // 4
-
-
-def input_shapes(model: MagicFuseModel, component: str, batch: int, h: int, w: int) -> dict[str, tuple[int, ...]]:
-    """Input shapes of a component at latent size (h, w)."""
-    lc = model.autoencoder.config.latent_channels
-    k = model.fusion.config.num_classes
-    shapes = {
-        "ikr": {"x": (batch, 2 * lc, h, w), "t": (batch,)},
-        "fusion": {"x24": (batch, 3 * lc, h, w), "eps_ikr": (batch, lc, h, w), "eps_ckg": (batch, lc, h, w),
-                   "t": (batch,), "seg_state": (batch, k, h, w)},
-        "decoder": {"latent": (batch, lc, h, w)},
-        "encoder": {"image": (batch, 3, 4 * h, 4 * w), "noise": (batch, model.autoencoder.config.noise_channels, h, w)},
-    }
-    shapes["ckg"] = shapes["ikr"]
-    if component not in shapes:
-        raise ValueError(f"unknown component {component!r}; known: {', '.join(NET_IO)}")
-    return shapes[component]
-
-
 def example_inputs(model: MagicFuseModel, component: str, batch: int, h: int, w: int,
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """Plausible inputs: latents in the ranges the sampler produces, t in [0, 1000)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for name, shape in input_shapes(model, component, batch, h, w).items():
+    for name, shape in input_shapes(Channels.of(model), component, batch, h, w).items():
         if name == "t":
             out[name] = torch.randint(0, 1000, shape, generator=g).float()
         elif name in ("latent", "image"):
@@ -159,15 +114,9 @@ def _dynamic_axes(component: str, shapes: dict[str, tuple[int, ...]], outputs: t
 
 
 def onnx_sha256(path: str | Path) -> str:
-    """sha256 over the graph file and its external data file (if any)."""
+    """sha256 over the graph file and its external data file (if any): the engine-cache key."""
     path = Path(path)
-    digest = hashlib.sha256()
-    for p in (path, path.with_name(path.name + ".data")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
-    return digest.hexdigest()
+    return sha256_files(path, path.with_name(path.name + ".data"))
 
 
 def model_fingerprint(module: nn.Module) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magicfuse_core import metrics
+from magicfuse_core.evaluation import metrics
 from magicfuse_core.imageio import read_gray
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -29,7 +29,6 @@ whole policy is tested with fakes (tests/test_engine_cache.py).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -40,21 +39,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..hashing import sha256_bytes
+
 log = logging.getLogger(__name__)
 
 KEY_VERSION = 1  # bump when the meaning of a key field changes
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def bytes_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _canonical_shapes(shapes) -> list:
@@ -106,7 +95,7 @@ class EngineKey:
         return cls(**d)
 
     def digest(self) -> str:
-        return bytes_sha256(json.dumps(self.to_dict(), sort_keys=True).encode())
+        return sha256_bytes(json.dumps(self.to_dict(), sort_keys=True).encode())
 
     def differences(self, other: "EngineKey") -> list[str]:
         """Names of the fields that differ (for the rebuild log line)."""
@@ -180,7 +169,7 @@ class EngineCache:
         if cached_key != key:
             return None, "stale key (" + ", ".join(key.differences(cached_key)) + " differ)"
         data = engine_path.read_bytes()
-        if bytes_sha256(data) != recorded_sha:
+        if sha256_bytes(data) != recorded_sha:
             return None, "engine file does not match its recorded sha256 (corrupt or truncated)"
         return data, ""
 
@@ -219,7 +208,7 @@ class EngineCache:
             # marks an entry complete.
             meta_path.unlink(missing_ok=True)
             self._atomic_write(engine_path, data)
-            meta = {"key": key.to_dict(), "engine_sha256": bytes_sha256(data), "engine_bytes": len(data)}
+            meta = {"key": key.to_dict(), "engine_sha256": sha256_bytes(data), "engine_bytes": len(data)}
             self._atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
             return CacheResult(engine, engine_path, built=True, reason=reason)
 

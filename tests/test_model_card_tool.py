@@ -1,0 +1,66 @@
+"""tools/evaluate_demo_model.py writes its verdicts from the numbers: a target missed is named, a target met is not."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from magicfuse_core.data import Box
+from magicfuse_core.evaluation import card
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "evaluate_demo_model.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("evaluate_demo_model", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _frame(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    h, w = 32, 48
+    clean = rng.integers(0, 200, (h, w, 3), dtype=np.uint8)
+    ir = rng.integers(0, 100, (h, w), dtype=np.uint8)
+    ir[8:24, 10:18] = 230
+    ikr = np.clip(clean.astype(int) + rng.integers(-10, 10, clean.shape), 0, 255).astype(np.uint8)
+    person = Box(0, 14 / w, 16 / h, 8 / w, 16 / h)
+    return card.score_frame(clean // 3, ikr, np.repeat(ir[..., None], 3, 2), ikr, ir, clean, ir, [person],
+                            np.zeros((h, w), np.uint8), None)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    summary = card.summarise([_frame(0), _frame(1)])
+    sim = {"PSNR": 15.0, "SSIM": 0.4, "CC": 0.2}
+    return {
+        "model": "models/demo", "info": {"data": {"frames": 300}, "wall_time_s": {"ikr": 60.0}},
+        "frames": 2, "inference_size": [32, 48], "steps": 25, "tau": 0.4, "seconds_per_frame": 1.0,
+        "fusion_full_res": summary["fusion"], "fusion_inference_res": None,
+        "ir_similarity": {"CKG (generated IR)": sim, "grey degraded VIS as IR": {k: v / 2 for k, v in sim.items()},
+                          "grey clean VIS as IR": sim},
+        "contrast": summary["contrast"], "person_frames": summary["person_frames"],
+        "segmentation": summary["segmentation"], "radiation_mask": summary["radiation"],
+        "ratios": summary["ratios"], "grid_frames": [],
+    }
+
+
+def test_ratio_target_met_is_not_listed_as_a_shortfall(tool, results):
+    text = tool.model_card(results, Path("grid.png"))
+    assert "| MagImg keeps >= 0.97 of IKR-only's MI (full res) | yes | ratio 1.000 |" in text
+    assert "Check not met: MagImg keeps" not in text
+
+
+def test_ratio_target_missed_is_named_with_its_number(tool, results):
+    worse = copy.deepcopy(results)
+    worse["fusion_full_res"][card.MAGIMG]["MI"] = 0.5 * worse["fusion_full_res"][card.IKR]["MI"]
+    worse["ratios"] = card.magimg_ratios(worse["fusion_full_res"])
+    text = tool.model_card(worse, Path("grid.png"))
+    assert "- Check not met: MagImg keeps >= 0.97 of IKR-only's MI (full res) (ratio 0.500)." in text
+    assert "MagImg / IKR | 0.500 |" in text
+    assert "Check not met: MagImg keeps >= 0.97 of IKR-only's Qabf" not in text

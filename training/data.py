@@ -1,0 +1,49 @@
+"""Training data from a config: the paired-frame dataset, resizing, and encoding into the diffusion space."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from magicfuse_core.data import PairedFolderDataset
+from magicfuse_core.models.autoencoder import Autoencoder
+from magicfuse_core.palette import class_ids
+from training.config import repo_path
+
+
+def make_dataset(data_cfg: dict, seed: int, augment: bool = True, split: str | None = None) -> PairedFolderDataset:
+    """The config's `data:` section -> the dataset (crops and flips only when `augment`)."""
+    return PairedFolderDataset(
+        repo_path(data_cfg["root"]), split=split or data_cfg.get("split", "train"),
+        crop_size=data_cfg.get("crop") if augment else None, augment=augment,
+        degradation=data_cfg.get("degradation", "random"), seed=seed,
+        det_subdir=data_cfg.get("det_subdir", "infrared"), outside_box_label=data_cfg.get("outside_box_label", 0),
+        silhouette_classes=data_cfg.get("silhouette_classes") or ())
+
+
+def mask_options(data_cfg: dict) -> dict:
+    """The data options the weak masks depend on (a latent cache records them; see `get_latent_cache`)."""
+    return {"det_subdir": data_cfg.get("det_subdir", "infrared"),
+            "outside_box_label": int(data_cfg.get("outside_box_label", 0)),
+            "silhouette_classes": list(class_ids(data_cfg.get("silhouette_classes") or ()))}
+
+
+def resize_images(images: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Down-scale (B, 3, H, W) images the way the pipeline does for `inference_size` (antialiased bilinear)."""
+    if not scale or scale == 1:
+        return images
+    size = (int(round(images.shape[-2] * scale)), int(round(images.shape[-1] * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) class ids -> (B, h, w), nearest."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+@torch.no_grad()
+def encode(ae: Autoencoder, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 8, H/4, W/4) in the [-1, 1] diffusion space (encoder noise from `generator`)."""
+    noise = torch.randn(ae.encoder.noise_shape(images), generator=generator, device="cpu").to(images.device)
+    return ae.to_diffusion(ae.encode(images, noise=noise))
