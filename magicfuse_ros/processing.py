@@ -27,7 +27,6 @@ from magicfuse_core.palette import MFNET_CLASSES, MFNET_PALETTE, colorize
 from .outputs import IMAGE_OUTPUT_NAMES, IMAGE_OUTPUTS
 from .params import MagicFuseParams
 
-RANDOM_MODEL_PREFIX = "random-"
 # Warm-up size when frames run at their own size (unknown until the first frame comes).
 DEFAULT_WARMUP_SIZE = (64, 64)
 
@@ -62,15 +61,6 @@ def resolve_model_path(model_path: str) -> Path:
     )
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_pipeline(params: MagicFuseParams, log=print):
     """Build the pipeline the parameters describe; ModelLoadError with a clear message on failure.
 
@@ -79,15 +69,15 @@ def load_pipeline(params: MagicFuseParams, log=print):
     """
     import torch
 
-    from magicfuse_core.pipeline import RANDOM_MODEL_PREFIX as CORE_RANDOM_PREFIX
+    from magicfuse_core.pipeline import RANDOM_MODEL_PREFIX
     from magicfuse_core.pipeline import load_pipeline as core_load_pipeline
 
     if params.cpu_threads > 0:
         torch.set_num_threads(params.cpu_threads)
     try:
         model = params.model_path
-        if model.startswith(CORE_RANDOM_PREFIX):
-            log(f"building random (untrained) '{model[len(CORE_RANDOM_PREFIX):]}' networks")
+        if model.startswith(RANDOM_MODEL_PREFIX):
+            log(f"building random (untrained) '{model[len(RANDOM_MODEL_PREFIX):]}' networks")
         else:
             model = str(resolve_model_path(model))
             log(f"loading model {model} (backend {params.backend}; may export or build engines on first use)")
@@ -193,18 +183,22 @@ class FrameProcessor:
 
     def _run_pipeline(self, rgb: np.ndarray, seed: int, products: set[str], should_stop):
         """The one call into the core pipeline. products: the pipeline's `outputs=` names."""
+        from magicfuse_core.sampler import SamplingStopped
+
         params = self.params
-        if should_stop is not None and should_stop():
-            raise FrameStopped()
-        return self.pipeline(
-            rgb[None],
-            seed=seed,
-            tau=params.tau if params.tau >= 0 else None,  # negative: the model's own tau
-            thermal_classes=list(params.thermal_classes),
-            return_weights="weights" in products,
-            return_step_weights=False,  # only the last step's map is published
-            time_budget_s=params.time_budget_ms / 1000.0 if params.time_budget_ms > 0 else None,
-        )
+        try:
+            return self.pipeline(
+                rgb[None],
+                seed=seed,
+                tau=params.tau if params.tau >= 0 else None,  # negative: the model's own tau
+                thermal_classes=list(params.thermal_classes),
+                outputs=products,
+                return_step_weights=False,  # only the last step's map is published
+                time_budget_s=params.time_budget_ms / 1000.0 if params.time_budget_ms > 0 else None,
+                should_stop=should_stop,
+            )
+        except SamplingStopped as exc:
+            raise FrameStopped() from exc
 
     @staticmethod
     def _image(name: str, encoding: str, result) -> np.ndarray:
