@@ -46,6 +46,7 @@ setup(
         "console_scripts": [
             "magicfuse = magicfuse_core.cli:main",
             "magicfuse_node = magicfuse_ros.node:main",
+            "magicfuse_managed_node = magicfuse_ros.managed_node:main",
         ],
         # The ROS-free core finds the ROS sub-command and demo step here (it never imports magicfuse_ros).
         "magicfuse.commands": ["bag = magicfuse_ros.cli"],

@@ -1,8 +1,13 @@
 """ROS 2 node `magicfuse` over the ROS-free `magicfuse_core` pipeline, plus rosbag2 tools.
 
-Modules: `node` (the node, console script `magicfuse_node`), `params` (declaration and
-validation from config/magicfuse.param.schema.json), `conversions` (Image and
-CompressedImage <-> numpy), `processing` (one frame through the pipeline, shared by the
-node and the bag replay), `bag` (rosbag2 make/replay with `rosbags`), `live_replay`
-(the real node driven through rclpy). Importing the package imports neither rclpy nor torch.
+Modules: `outputs` (the table of the node's topics), `params` (declaration and
+validation from config/magicfuse.param.schema.json), `conversions` (Image,
+CompressedImage, CameraInfo <-> numpy), `processing` (model loading and one frame
+through the pipeline, shared by the node and the bag replay), `monitoring`
+(counters, timing, diagnostics), `fusion_worker` (slot, worker, frame function and
+topics, shared by both nodes), `node` (console script `magicfuse_node`),
+`managed_node` (lifecycle node, `magicfuse_managed_node`), `bag` (rosbag2
+make/replay with `rosbags`), `node_process` (the node as a subprocess and an rclpy
+client), `live_replay` (a bag through the real node), `cli` (`magicfuse bag`, the
+demo step). Importing the package imports neither rclpy nor torch.
 """

@@ -29,7 +29,8 @@ import numpy as np
 from magicfuse_core.imageio import list_images, read_gray, read_rgb, write_png
 
 from . import conversions
-from .processing import class_list_json, output_images, weight_to_mono8
+from .outputs import IMAGE_OUTPUT_NAMES, topics
+from .processing import class_list_json, weight_to_mono8
 
 BAG_VERSION = 8
 STORAGES = ("sqlite3", "mcap")
@@ -39,15 +40,9 @@ STRING_TYPE = "std_msgs/msg/String"
 DEFAULT_TOPIC = "/camera/image_raw"
 DEFAULT_IR_TOPIC = "/camera/ir/image_raw"
 # Fully qualified names of the node's outputs with its default name and no namespace.
-OUTPUT_NAMESPACE = "/magicfuse"
-OUTPUT_TOPICS = {
-    "magimg": f"{OUTPUT_NAMESPACE}/output/magimg",
-    "segmentation": f"{OUTPUT_NAMESPACE}/output/segmentation",
-    "segmentation_color": f"{OUTPUT_NAMESPACE}/output/segmentation/color",
-    "ir": f"{OUTPUT_NAMESPACE}/output/ir",
-    "fusion_weight": f"{OUTPUT_NAMESPACE}/output/fusion_weight",
-}
-CLASS_LIST_TOPIC = f"{OUTPUT_NAMESPACE}/output/segmentation/class_list"
+_NODE_TOPICS = topics()
+OUTPUT_TOPICS = {name: _NODE_TOPICS[name] for name in IMAGE_OUTPUT_NAMES}
+CLASS_LIST_TOPIC = _NODE_TOPICS["class_list"]
 VISIBLE_FOLDERS = ("vis", "vi", "visible")
 
 
@@ -233,7 +228,8 @@ def make_bag(images_dir: str | Path, out_bag: str | Path, *, topic: str = DEFAUL
 
 # ---- replay ----------------------------------------------------------------------------------
 
-def _png_of(kind: str, array: np.ndarray) -> np.ndarray:
+def png_of(kind: str, array: np.ndarray) -> np.ndarray:
+    """An output's array as a PNG can hold it (32FC1 weights as mono8)."""
     if kind == "fusion_weight" and array.dtype != np.uint8:
         return weight_to_mono8(array)
     return array
@@ -284,15 +280,15 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, *, params, topic: str | 
                 progress(f"frame {index}: skipped ({exc})")
                 continue
             started = time.perf_counter()
-            outputs = processor.process(rgb, frame.stamp_ns)
+            outputs = processor.process(rgb, frame.stamp_ns)  # every image output
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             header = frame.message.header
-            for kind, (array, encoding) in output_images(outputs, params).items():
+            for kind, (array, encoding) in outputs.images.items():
                 message = image_message(out.store, conversions.image_fields(array, encoding), 0, "")
                 message.header = header  # the input's header, exactly
                 out.write(OUTPUT_TOPICS[kind], IMAGE_TYPE, frame.timestamp_ns, message)
                 if png_dir is not None:
-                    write_png(png_dir / kind / f"{name}.png", _png_of(kind, array))
+                    write_png(png_dir / kind / f"{name}.png", png_of(kind, array))
             if png_dir is not None:
                 write_png(png_dir / "vis" / f"{name}.png", rgb)
                 if frame.stamp_ns in real_ir:

@@ -13,7 +13,7 @@
       when the bag has real infrared, the evaluation report (eval/report.html).
 
 Needs only `rosbags` (no ROS install). The live counterpart, through the real node
-and rclpy, is `python -m magicfuse_ros.live_replay`.
+and rclpy, is `python -m magicfuse_ros.live_replay`; `demo_step` runs it for `magicfuse demo`.
 
 The core's `magicfuse` command knows nothing of ROS: this package registers the
 `bag` sub-command and the ROS step of `magicfuse demo` through the entry-point
@@ -115,7 +115,40 @@ def demo_step(samples_dir: Path, out_dir: Path, device: str) -> int:
     if importlib.util.find_spec("rclpy") is None:
         print("[demo] ROS step skipped: rclpy is not installed (pip install -r requirements-ros.txt)", flush=True)
         return 0
-    from .live_replay import demo  # noqa: PLC0415 (rclpy loads only here)
-
     print(f"[demo] ROS: bag from the frames, the real node through rclpy -> {out_dir}", flush=True)
-    return int(demo(samples_dir, out_dir, device=device) or 0)
+    return demo(samples_dir, out_dir, device=device)
+
+
+def demo(samples_dir: str | Path, out_dir: str | Path, device: str = "cpu", max_frames: int | None = None,
+         model: str | None = None) -> int:
+    """`make demo`'s ROS part: bag from the sample frames, the node on it live, output bag + PNGs + report."""
+    import shutil
+    import sys
+
+    from magicfuse_core.paths import default_model_dir
+
+    from . import bag as bags
+    from .live_replay import format_report, live_replay  # noqa: PLC0415 (rclpy loads only here)
+
+    out_dir = Path(out_dir)
+    for stale in ("frames_bag", "output_bag", "png"):
+        if (out_dir / stale).exists():
+            shutil.rmtree(out_dir / stale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = bags.make_bag(samples_dir, out_dir / "frames_bag", rate=2.0, max_frames=max_frames)
+    print(f"[ros] bag of {made.frames} frames (+{made.ir_frames} IR) -> {made.path}", flush=True)
+    overrides = {"device": device}
+    if model is None:
+        found = default_model_dir()
+        model = str(found) if found is not None else "random-tiny"
+        if found is None:
+            # Untrained full-resolution sampling takes minutes per frame on a CPU; the plumbing shows as well small.
+            print("[ros] WARNING: no bundled model: the node runs random untrained tiny networks at 120x160",
+                  file=sys.stderr)
+            overrides.update(processing_height=120, processing_width=160)
+    overrides["model_path"] = model
+    report = live_replay(made.path, out_dir / "output_bag", overrides=overrides, pace="lockstep",
+                         png_dir=out_dir / "png", progress=lambda m: print(f"[ros] {m}", flush=True))
+    print(format_report(report), flush=True)
+    print(f"[ros] output bag {report.get('output_bag')}, PNGs and report.json in {out_dir / 'png'}", flush=True)
+    return 0 if report["frames_out"] == report["frames_in"] and report["node_exit_code"] == 0 else 1

@@ -102,11 +102,19 @@ def image_to_array(msg, max_pixels: int | None = None, encodings: tuple[str, ...
     for 32FC1) in the machine's byte order; a fresh copy, independent of the message.
     """
     layout = check_image(msg, max_pixels, encodings)
+    return read_checked(msg, layout), layout.encoding
+
+
+def read_checked(msg, layout: ImageLayout) -> np.ndarray:
+    """The array of an Image message that `check_image` returned `layout` for (not checked again).
+
+    (H, W, C) or (H, W), machine byte order, a fresh copy independent of the message.
+    """
     rows = _as_bytes(msg.data).reshape(layout.height, layout.step)
     row_bytes = layout.width * layout.channels * layout.dtype.itemsize
     values = rows[:, :row_bytes].copy().view(layout.dtype)
     values = values.reshape(layout.height, layout.width, layout.channels).astype(layout.dtype.newbyteorder("="))
-    return (values[:, :, 0] if layout.channels == 1 else values), layout.encoding
+    return values[:, :, 0] if layout.channels == 1 else values
 
 
 def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:
@@ -200,4 +208,36 @@ def image_fields(array: np.ndarray, encoding: str) -> dict:
         "is_bigendian": 0,
         "step": width * channels * np.dtype(dtype).itemsize,
         "data": array.tobytes(),
+    }
+
+
+def camera_info_fields(info, width: int, height: int) -> dict:
+    """Fields of a CameraInfo for an image of `width` x `height` made from a camera described by `info`.
+
+    `info` is anything shaped like sensor_msgs/CameraInfo. Intrinsics (k, p) and the
+    region of interest are scaled by width / info.width and height / info.height, so
+    they stay right when an output has another size than the camera's; the same size
+    (or an `info` without a size) copies them unchanged. Distortion (d), rectification
+    (r), binning and the distortion model are copied. The header is the caller's.
+    """
+    sx = width / info.width if int(info.width) > 0 else 1.0
+    sy = height / info.height if int(info.height) > 0 else 1.0
+    k = [float(v) for v in info.k]
+    p = [float(v) for v in info.p]
+    if (sx, sy) != (1.0, 1.0):
+        k = [k[0] * sx, k[1] * sx, k[2] * sx, k[3] * sy, k[4] * sy, k[5] * sy, k[6], k[7], k[8]]
+        p = [p[0] * sx, p[1] * sx, p[2] * sx, p[3] * sx, p[4] * sy, p[5] * sy, p[6] * sy, p[7] * sy, *p[8:12]]
+    roi = info.roi
+    return {
+        "height": int(height),
+        "width": int(width),
+        "distortion_model": str(info.distortion_model),
+        "d": [float(v) for v in info.d],
+        "k": k,
+        "r": [float(v) for v in info.r],
+        "p": p,
+        "binning_x": int(info.binning_x),
+        "binning_y": int(info.binning_y),
+        "roi": {"x_offset": round(roi.x_offset * sx), "y_offset": round(roi.y_offset * sy),
+                "height": round(roi.height * sy), "width": round(roi.width * sx), "do_rectify": bool(roi.do_rectify)},
     }

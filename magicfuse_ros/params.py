@@ -12,18 +12,22 @@ Nothing here needs rclpy except `declare_and_validate`, which imports it lazily.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from .outputs import NODE_NAME
+
 PACKAGE = "magicfuse_ros"
-NODE_NAME = "magicfuse"
 SCHEMA_FILE = "config/magicfuse.param.schema.json"
 PARAM_FILE = "config/magicfuse.param.yaml"
 # Parameters every rclpy node has, which may come in through the same files.
 _ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+# Schema entries ROS itself declares (documented in the schema, not declared by us):
+# `qos_overrides./<topic>.<publisher|subscription>.<policy>`, read by rclpy when an
+# entity is created with qos_overriding_options.
+ROS_DECLARED = ("qos_overrides",)
 
 
 class ParameterError(ValueError):
@@ -34,32 +38,15 @@ class ParameterError(ValueError):
         self.name = name
 
 
-def share_candidates(relative: str | Path) -> list[Path]:
-    """Where an installed data file of the package may live, most specific first:
-    the ament share folder, the source tree next to this package, the Python prefix."""
-    relative = Path(relative)
-    roots = []
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            roots.append(Path(get_package_share_directory(PACKAGE)))
-        except (PackageNotFoundError, LookupError, ValueError, OSError):  # not installed, or no AMENT_PREFIX_PATH
-            pass
-    except ImportError:
-        pass
-    roots.append(Path(__file__).resolve().parents[1])
-    roots.append(Path(sys.prefix) / "share" / PACKAGE)
-    return [root / relative for root in roots]
-
-
 def find_share_path(relative: str | Path) -> Path:
-    """First existing `share_candidates(relative)`; FileNotFoundError listing the places looked at."""
-    candidates = share_candidates(relative)
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{relative} not found; looked in: {', '.join(str(c) for c in candidates)}")
+    """A data file of the package in the source tree or the installed share folder
+    (`magicfuse_core.paths.find_data`); FileNotFoundError when in neither."""
+    from magicfuse_core.paths import find_data
+
+    found = find_data(str(relative))
+    if found is None:
+        raise FileNotFoundError(f"{relative} not found in the source tree nor in the installed share/{PACKAGE} folder")
+    return found
 
 
 @lru_cache(maxsize=1)
@@ -73,9 +60,14 @@ def parameter_schema() -> dict:
     return load_file_schema()["definitions"]["magicfuse"]
 
 
+def node_properties() -> dict[str, dict]:
+    """Schema properties of the parameters the node declares itself (all but ROS_DECLARED)."""
+    return {name: prop for name, prop in parameter_schema()["properties"].items() if name not in ROS_DECLARED}
+
+
 def defaults() -> dict[str, Any]:
-    """Every parameter's default value, from the schema."""
-    return {name: prop["default"] for name, prop in parameter_schema()["properties"].items()}
+    """Every declared parameter's default value, from the schema."""
+    return {name: prop["default"] for name, prop in node_properties().items()}
 
 
 @dataclass(frozen=True)
@@ -96,10 +88,8 @@ class MagicFuseParams:
     time_budget_ms: float
     output_encoding: str
     fusion_weight_encoding: str
-    input_reliability: str
-    input_depth: int
-    output_depth: int
     subscribe_compressed: bool
+    lazy_input: bool
     max_input_age_ms: float
     max_input_pixels: int
     warmup: bool
@@ -176,7 +166,7 @@ def load_param_file(path: str | Path | None = None, overrides: Mapping[str, Any]
         if node_key not in ("/**", NODE_NAME) and not str(node_key).endswith(f"/{NODE_NAME}"):
             continue  # another node's section
         for name, value in (section["ros__parameters"] or {}).items():
-            if name not in _ROS_BUILTIN_PARAMETERS:
+            if name not in _ROS_BUILTIN_PARAMETERS and name not in ROS_DECLARED:
                 values[name] = value
     values.update(overrides or {})
     return validate(values)
@@ -260,18 +250,22 @@ def declare_and_validate(node) -> MagicFuseParams:
     """
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
-    properties = parameter_schema()["properties"]
+    properties = node_properties()
     overrides = getattr(node, "_parameter_overrides", {}) or {}
-    unknown = sorted(n for n in overrides if n not in properties and n not in _ROS_BUILTIN_PARAMETERS and not n.startswith("qos_overrides."))
+    unknown = sorted(n for n in overrides if n not in properties and n not in _ROS_BUILTIN_PARAMETERS
+                     and not n.startswith(tuple(f"{r}." for r in ROS_DECLARED)))
     if unknown:
         raise ParameterError(unknown[0], f"unknown parameter (known: {', '.join(properties)})")
     values: dict[str, Any] = {}
     for name, prop in properties.items():
-        try:
-            parameter = node.declare_parameter(name, prop["default"], descriptor(name, prop))
-        except InvalidParameterTypeException as exc:
-            raise ParameterError(name, f"expected {_type_hint(prop)}: {exc}") from None
-        except InvalidParameterValueException as exc:
-            raise ParameterError(name, f"{_constraint_text(prop)}: {exc}") from None
+        if node.has_parameter(name):  # a managed node configured again after a cleanup
+            parameter = node.get_parameter(name)
+        else:
+            try:
+                parameter = node.declare_parameter(name, prop["default"], descriptor(name, prop))
+            except InvalidParameterTypeException as exc:
+                raise ParameterError(name, f"expected {_type_hint(prop)}: {exc}") from None
+            except InvalidParameterValueException as exc:
+                raise ParameterError(name, f"{_constraint_text(prop)}: {exc}") from None
         values[name] = list(parameter.value) if prop["type"] == "array" else parameter.value
     return validate(values)

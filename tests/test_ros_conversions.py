@@ -149,3 +149,28 @@ def test_compressed_pixel_limit():
     ok, png = cv2.imencode(".png", RGB)
     with pytest.raises(ValueError, match="above the limit"):
         conversions.compressed_to_rgb(CompressedImage(format="png", data=png.tobytes()), max_pixels=10)
+
+
+def _camera_info(width, height):
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    info.k = [400.0, 0.0, 320.0, 0.0, 410.0, 240.0, 0.0, 0.0, 1.0]
+    info.p = [400.0, 0.0, 320.0, 5.0, 0.0, 410.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.d = [0.1, -0.2, 0.0, 0.0, 0.01]
+    return info
+
+
+def test_camera_info_of_an_output_at_the_camera_size_is_copied():
+    info = _camera_info(640, 480)
+    fields = conversions.camera_info_fields(info, 640, 480)
+    assert (fields["width"], fields["height"]) == (640, 480)
+    assert fields["k"] == list(info.k) and fields["p"] == list(info.p) and fields["d"] == list(info.d)
+    assert fields["distortion_model"] == "plumb_bob"
+
+
+def test_camera_info_intrinsics_scale_with_the_output_size():
+    fields = conversions.camera_info_fields(_camera_info(640, 480), 320, 120)  # x / 2, y / 4
+    assert (fields["width"], fields["height"]) == (320, 120)
+    assert fields["k"] == [200.0, 0.0, 160.0, 0.0, 102.5, 60.0, 0.0, 0.0, 1.0]
+    assert fields["p"][:8] == [200.0, 0.0, 160.0, 2.5, 0.0, 102.5, 60.0, 0.0]

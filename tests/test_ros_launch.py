@@ -45,6 +45,24 @@ class DeclareLaunchArgument:
         self.name, self.default_value, self.description, self.kwargs = name, default_value, description, kwargs
 
 
+class PythonExpression:
+    def __init__(self, parts):
+        self.parts = list(parts)
+
+
+class IfCondition:
+    def __init__(self, predicate):
+        self.predicate = predicate
+
+    def holds(self, arguments) -> bool:
+        return resolve(self.predicate, arguments).lower() in ("true", "1")
+
+
+class UnlessCondition(IfCondition):
+    def holds(self, arguments) -> bool:
+        return not super().holds(arguments)
+
+
 class LaunchDescription:
     def __init__(self, entities=()):
         self.entities = list(entities)
@@ -53,6 +71,11 @@ class LaunchDescription:
 class Node:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
+
+
+class LifecycleNode(Node):
+    def __init__(self, *, name, namespace, **kwargs):  # launch_ros requires both, by keyword
+        super().__init__(name=name, namespace=namespace, **kwargs)
 
 
 def resolve(value, arguments: dict):
@@ -64,6 +87,8 @@ def resolve(value, arguments: dict):
         return SHARE
     if isinstance(value, PathJoinSubstitution):
         return os.path.join(*(resolve(p, arguments) for p in value.parts))
+    if isinstance(value, PythonExpression):
+        return str(eval("".join(resolve(p, arguments) for p in value.parts)))  # as launch does
     if isinstance(value, (list, tuple)):
         return "".join(resolve(p, arguments) for p in value)
     return value
@@ -74,6 +99,7 @@ def launch_description(monkeypatch):
     modules = {
         "launch": types.ModuleType("launch"),
         "launch.actions": types.ModuleType("launch.actions"),
+        "launch.conditions": types.ModuleType("launch.conditions"),
         "launch.substitutions": types.ModuleType("launch.substitutions"),
         "launch_ros": types.ModuleType("launch_ros"),
         "launch_ros.actions": types.ModuleType("launch_ros.actions"),
@@ -83,6 +109,10 @@ def launch_description(monkeypatch):
     modules["launch.actions"].DeclareLaunchArgument = DeclareLaunchArgument
     modules["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
     modules["launch.substitutions"].PathJoinSubstitution = PathJoinSubstitution
+    modules["launch.substitutions"].PythonExpression = PythonExpression
+    modules["launch.conditions"].IfCondition = IfCondition
+    modules["launch.conditions"].UnlessCondition = UnlessCondition
+    modules["launch_ros.actions"].LifecycleNode = LifecycleNode
     modules["launch_ros.actions"].Node = Node
     modules["launch_ros.substitutions"].FindPackageShare = FindPackageShare
     for name, module in modules.items():
@@ -94,11 +124,13 @@ def launch_description(monkeypatch):
 
 
 def arguments_and_node(description, **given):
+    """Declared arguments, their values (defaults + given), and the one node started with those values."""
     declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
-    nodes = [e for e in description.entities if isinstance(e, Node)]
-    assert len(nodes) == 1
     values = {a.name: resolve(a.default_value, {}) for a in declared}
     values.update(given)
+    nodes = [e for e in description.entities if isinstance(e, Node)
+             and (e.kwargs.get("condition") is None or e.kwargs["condition"].holds(values))]
+    assert len(nodes) == 1
     return declared, values, nodes[0].kwargs
 
 
@@ -122,12 +154,30 @@ def setup_kwargs():
 
 def test_launch_arguments(launch_description):
     declared, values, _ = arguments_and_node(launch_description)
-    assert [a.name for a in declared] == ["input_topic", "param_file", "namespace", "device", "use_sim_time"]
+    assert [a.name for a in declared] == ["input_topic", "param_file", "namespace", "device", "use_sim_time", "managed"]
     assert all(a.description for a in declared)
     assert values["input_topic"] == "/camera/image_raw"
     assert values["namespace"] == ""
     assert values["use_sim_time"] == "false"
     assert values["device"] == params.defaults()["device"]
+    assert values["managed"] == "false"
+
+
+@pytest.mark.parametrize("managed,executable,kind", [("false", "magicfuse_node", Node),
+                                                     ("true", "magicfuse_managed_node", LifecycleNode)])
+def test_managed_argument_picks_the_lifecycle_node_with_the_same_identity(launch_description, setup_kwargs, managed,
+                                                                           executable, kind):
+    declared, values, node = arguments_and_node(launch_description, managed=managed)
+    assert [a.kwargs.get("choices") for a in declared if a.name == "managed"] == [["true", "false"]]
+    started = [e for e in launch_description.entities if isinstance(e, Node) and e.kwargs["condition"].holds(values)]
+    assert type(started[0]) is kind
+    assert (node["package"], node["executable"], node["name"]) == ("magicfuse_ros", executable, "magicfuse")
+    assert f"{executable} = magicfuse_ros.{'managed_node' if managed == 'true' else 'node'}:main" in \
+        setup_kwargs["entry_points"]["console_scripts"]
+    # Same parameters and topics whichever node runs.
+    other = next(e for e in launch_description.entities if isinstance(e, Node) and e is not started[0])
+    assert {k: v for k, v in other.kwargs.items() if k not in ("executable", "condition")} == \
+        {k: v for k, v in node.items() if k not in ("executable", "condition")}
 
 
 def test_node_identity_matches_the_console_script(launch_description, setup_kwargs):
@@ -143,7 +193,11 @@ def test_node_identity_matches_the_console_script(launch_description, setup_kwar
 def test_input_topic_is_remapped_to_the_private_input(launch_description):
     _, values, node = arguments_and_node(launch_description, input_topic="/cam_front/image")
     remaps = {resolve(a, values): resolve(b, values) for a, b in node["remappings"]}
-    assert remaps == {"~/input/image": "/cam_front/image", "~/input/image/compressed": "/cam_front/image/compressed"}
+    assert remaps == {"~/input/image": "/cam_front/image", "~/input/image/compressed": "/cam_front/image/compressed",
+                      "~/input/camera_info": "/cam_front/camera_info"}
+    _, values, node = arguments_and_node(launch_description, input_topic="image_raw")  # relative, no parent
+    remaps = {resolve(a, values): resolve(b, values) for a, b in node["remappings"]}
+    assert remaps["~/input/camera_info"] == "camera_info"
 
 
 def test_namespace_argument_sets_the_node_namespace(launch_description):
@@ -184,7 +238,8 @@ def test_package_xml_declares_the_runtime_dependencies():
     root = ET.parse(REPO / "package.xml").getroot()
     assert root.findtext("name") == "magicfuse_ros"
     depends = {e.text for e in root if e.tag in ("depend", "exec_depend")}
-    for key in ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "builtin_interfaces", "launch", "launch_ros",
+    for key in ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "lifecycle_msgs", "builtin_interfaces", "launch",
+                "launch_ros",
                 "ament_index_python", "python3-numpy", "python3-opencv", "python3-yaml", "python3-jsonschema"):
         assert key in depends, key
     assert root.find("export/build_type").text == "ament_python"
@@ -194,7 +249,7 @@ def test_the_ros_package_imports_no_training_code():
     """The node's whole import graph (node, bag tools, pipeline, backends) stays clear of training."""
     import subprocess
 
-    code = ("import sys, magicfuse_ros.node, magicfuse_ros.bag, magicfuse_ros.live_replay, magicfuse_core.pipeline, "
+    code = ("import sys, magicfuse_ros.node, magicfuse_ros.managed_node, magicfuse_ros.bag, magicfuse_ros.live_replay, magicfuse_core.pipeline, "
             "magicfuse_core.backends; print('\\n'.join(sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -19,99 +19,21 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy (requirements-ros.txt) not installed")
 cv2 = pytest.importorskip("cv2")
 
-from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Float64, String  # noqa: E402
-from test_ros_conversions import image_msg  # noqa: E402
+from ros_harness import (DOMAIN, FRAME_TIMEOUT, PICTURE, TINY_NODE, H, Harness, NodeProcess, RosClient,  # noqa: E402
+                         W, image_msg, node_parameters, stamp_ns, stop_recording, time_msg, topics, unique_namespace, wait_until)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 
 from magicfuse_core.palette import MFNET_CLASSES, NUM_CLASSES, colorize  # noqa: E402
 from magicfuse_ros import conversions  # noqa: E402
-from magicfuse_ros.live_replay import NodeProcess, RosClient, default_domain_id, output_topics  # noqa: E402
 from magicfuse_ros.params import PARAM_FILE as PARAM_FILE_NAME, find_share_path  # noqa: E402
 
-DOMAIN = default_domain_id()
-NAMESPACE = f"/test_node_{os.getpid()}"
-TOPICS = output_topics(NAMESPACE)
-H, W = 64, 80
+NAMESPACE = unique_namespace("test_node")
+TOPICS = topics(NAMESPACE)
 MAX_PIXELS = H * W * 2
-START_TIMEOUT = 120.0   # python + torch import + warm-up on a loaded 2-core machine
-FRAME_TIMEOUT = 60.0
-NODE_PARAMS = {
-    "model_path": "random-tiny",
-    "steps": 2,
-    "device": "cpu",
-    "cpu_threads": 1,
-    "max_input_age_ms": 5000.0,
-    "max_input_pixels": MAX_PIXELS,
-    "subscribe_compressed": True,
-    "diagnostics_period_s": 0.3,
-}
+NODE_PARAMS = {**TINY_NODE, "max_input_pixels": MAX_PIXELS, "subscribe_compressed": True}
 PARAM_FILE = find_share_path(PARAM_FILE_NAME)
-RNG = np.random.default_rng(11)
-PICTURE = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
-
-
-class Harness:
-    """The client side of a running node: publishers, recorders and waits."""
-
-    def __init__(self, client: RosClient, process: NodeProcess, topics: dict, reliable_input: bool = False):
-        self.client, self.process, self.topics = client, process, topics
-        self.image_pub = client.publisher(Image, topics["input"], reliable=reliable_input)
-        self.compressed_pub = client.publisher(CompressedImage, topics["input_compressed"])
-        self.out = {kind: client.recorder(Image, topics[kind]) for kind in ("magimg", "segmentation")}
-        self.counters = client.recorder(String, topics["counters"], depth=5)
-        self.processing_ms = client.recorder(Float64, topics["processing_time_ms"], depth=50)
-        self.latency_ms = client.recorder(Float64, topics["pipeline_latency_ms"], depth=50)
-        self._last_stamp_ns = 0
-
-    def start(self) -> "Harness":
-        self.process.start()
-        ready = self.client.wait_until(lambda: self.image_pub.get_subscription_count() > 0, START_TIMEOUT, poll=0.1,
-                                       while_alive=self.process)
-        if not ready:
-            self.process.stop()
-            pytest.fail(f"the node did not become ready (exit {self.process.process.returncode}):\n{self.process.log()[-4000:]}")
-        self.client.wait_until(lambda: all(r.subscription.get_publisher_count() for r in self.out.values()), 10.0)
-        return self
-
-    def stamp(self) -> Time:
-        """A fresh stamp, strictly later than the previous one (outputs are matched by stamp)."""
-        now = self.client.node.get_clock().now().nanoseconds
-        self._last_stamp_ns = max(now, self._last_stamp_ns + 1000)
-        return Time(sec=self._last_stamp_ns // 10**9, nanosec=self._last_stamp_ns % 10**9)
-
-    def frame(self, payload=PICTURE, encoding="rgb8", frame_id="camera_front", **kwargs) -> Image:
-        msg = image_msg(payload, encoding, **kwargs)
-        msg.header.stamp, msg.header.frame_id = self.stamp(), frame_id
-        return msg
-
-    @staticmethod
-    def stamp_ns(msg) -> int:
-        return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-
-    def outputs_for(self, stamp_ns: int, recorders: dict | None = None) -> dict:
-        recorders = self.out if recorders is None else recorders
-        return {kind: [m for m in r.messages if self.stamp_ns(m) == stamp_ns] for kind, r in recorders.items()}
-
-    def send_and_wait(self, msg, recorders: dict | None = None, timeout: float = FRAME_TIMEOUT) -> dict:
-        """Publish `msg` and return {kind: output message} once every recorder has one for its stamp."""
-        recorders = self.out if recorders is None else recorders
-        stamp_ns = self.stamp_ns(msg)
-        (self.compressed_pub if isinstance(msg, CompressedImage) else self.image_pub).publish(msg)
-        got = self.client.wait_until(lambda: all(self.outputs_for(stamp_ns, recorders).values()), timeout,
-                                     while_alive=self.process)
-        assert got, f"no output for the frame within {timeout} s; node log:\n{self.process.log()[-3000:]}"
-        return {kind: msgs[0] for kind, msgs in self.outputs_for(stamp_ns, recorders).items()}
-
-    def fresh_counters(self, timeout: float = 10.0) -> dict:
-        """The node's counters from a report published after this call."""
-        before = len(self.counters)
-        assert self.client.wait_until(lambda: len(self.counters) > before, timeout, while_alive=self.process)
-        return json.loads(self.counters.messages[-1].data)
-
-    def magimg_of(self, msg) -> np.ndarray:
-        return conversions.image_to_rgb(self.send_and_wait(msg)["magimg"])
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +47,10 @@ def client():
 def node(client, tmp_path_factory):
     process = NodeProcess(namespace=NAMESPACE, overrides=NODE_PARAMS, domain_id=DOMAIN,
                           log_dir=tmp_path_factory.mktemp("node_log"))
-    harness = Harness(client, process, TOPICS).start()
+    harness = Harness(client, process).start()
     yield harness
     process.stop()
+    harness.close()
 
 
 # ---- start-up --------------------------------------------------------------------------------
@@ -144,13 +67,13 @@ def test_model_is_loaded_and_warmed_up_before_the_input_is_subscribed(node):
 def test_class_list_is_latched(node):
     late = node.client.recorder(String, TOPICS["class_list"], depth=1, latched=True)
     try:
-        assert node.client.wait_until(lambda: len(late) > 0, 20.0)
+        assert wait_until(lambda: len(late) > 0, 20.0)
         classes = json.loads(late.messages[0].data)
         assert [c["name"] for c in classes["classes"]] == list(MFNET_CLASSES)
         assert [c["id"] for c in classes["classes"]] == list(range(NUM_CLASSES))
         assert classes["thermal_classes"] == ["person"]
     finally:
-        node.client.stop_recording(late)
+        stop_recording(node.client, late)
 
 
 # ---- normal frames ---------------------------------------------------------------------------
@@ -171,7 +94,7 @@ def test_outputs_match_the_input_size_encoding_and_header(node):
 def test_debug_topics_report_processing_time_and_latency(node):
     before_processing, before_latency = len(node.processing_ms), len(node.latency_ms)
     node.send_and_wait(node.frame())
-    assert node.client.wait_until(
+    assert wait_until(
         lambda: len(node.processing_ms) > before_processing and len(node.latency_ms) > before_latency, 10.0)
     processing, latency = node.processing_ms.messages[-1].data, node.latency_ms.messages[-1].data
     assert 0.0 < processing < FRAME_TIMEOUT * 1000
@@ -180,10 +103,10 @@ def test_debug_topics_report_processing_time_and_latency(node):
 
 def test_one_output_per_input_when_not_overloaded(node):
     start = node.fresh_counters()
-    stamps = [node.stamp_ns(node.send_and_wait(node.frame())["magimg"]) for _ in range(4)]
+    stamps = [stamp_ns(node.send_and_wait(node.frame())["magimg"]) for _ in range(4)]
     time.sleep(0.3)
-    for stamp_ns in stamps:
-        per_kind = node.outputs_for(stamp_ns)
+    for stamp in stamps:
+        per_kind = node.outputs_for(stamp)
         assert all(len(msgs) == 1 for msgs in per_kind.values()), per_kind
     end = node.fresh_counters()
     assert end["received"] - start["received"] == 4
@@ -217,6 +140,95 @@ def test_compressed_input_is_decoded(node):
     out = node.send_and_wait(msg)
     assert out["magimg"].header == msg.header
     assert np.array_equal(conversions.image_to_rgb(out["magimg"]), reference)
+
+
+# ---- time base: every frame is processed whatever clock stamped it (issue 12.1) -----------------
+
+HOUR_NS = 3600 * 10**9
+
+
+def test_frames_from_any_clock_are_processed_with_their_stamp_kept(node):
+    """Default (max_input_age_ms 0): stamps at 0 s, host time, 1 h in the past and in the future all give outputs."""
+    start = node.fresh_counters()
+    now_ns = node.client.node.get_clock().now().nanoseconds
+    for label, stamp in (("zero", 0), ("host", now_ns), ("an hour ago", now_ns - HOUR_NS),
+                         ("in an hour", now_ns + HOUR_NS)):
+        msg = node.frame(frame_id=f"clock_{label.replace(' ', '_')}")
+        msg.header.stamp = time_msg(stamp)
+        out = node.send_and_wait(msg)
+        assert out["magimg"].header == msg.header, label
+    end = node.fresh_counters()
+    assert end["processed"] - start["processed"] == 4
+    assert end["dropped_stale"] == start["dropped_stale"] == 0
+    assert node.process.log().count("the camera clock differs") == 1  # one warning, not one per frame
+
+
+# ---- QoS: REP-2003 defaults, any publisher reliability accepted (issue 12.3) ------------------------
+
+def test_default_qos_is_sensor_data_in_and_reliable_out(node):
+    from rclpy.qos import ReliabilityPolicy
+
+    graph = node.client.node
+    [input_sub] = [i for i in graph.get_subscriptions_info_by_topic(TOPICS["input"]) if i.node_name == "magicfuse"]
+    assert input_sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    [output_pub] = graph.get_publishers_info_by_topic(TOPICS["magimg"])
+    assert output_pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    # The policies are ROS 2's standard override parameters (the graph does not carry the depth).
+    names = [f"qos_overrides.{TOPICS['input']}.subscription.{policy}" for policy in ("reliability", "history", "depth")]
+    names += [f"qos_overrides.{TOPICS['magimg']}.publisher.{policy}" for policy in ("reliability", "depth")]
+    values = node_parameters(node.client, f"{NAMESPACE}/magicfuse", names)
+    assert list(values.values()) == ["best_effort", "keep_last", 5, "reliable", 1]
+
+
+@pytest.mark.parametrize("reliable", [True, False], ids=["reliable_publisher", "best_effort_publisher"])
+def test_default_input_qos_takes_reliable_and_best_effort_publishers(node, reliable):
+    publisher = node.client.publisher(Image, TOPICS["input"], reliable=reliable)
+    try:
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 10.0)
+        msg = node.frame()
+        stamp = stamp_ns(msg)
+        # Best effort may lose a sample while the new publisher is being matched: resend until one comes out.
+        assert wait_until(lambda: publisher.publish(msg) or all(node.outputs_for(stamp).values()), FRAME_TIMEOUT,
+                          poll=0.5, while_alive=node.process)
+    finally:
+        node.client.node.destroy_publisher(publisher)
+
+
+# ---- camera_info pass-through (issue 12.4) -------------------------------------------------------
+
+def test_no_camera_info_is_published_without_an_input_camera_info(node):
+    infos = node.client.recorder(CameraInfo, TOPICS["camera_info"])
+    try:
+        wait_until(lambda: infos.subscription.get_publisher_count() > 0, 10.0)
+        node.send_and_wait(node.frame())
+        time.sleep(0.5)
+        assert len(infos) == 0
+    finally:
+        stop_recording(node.client, infos)
+
+
+def test_camera_info_carries_each_output_frames_header_and_size(node):
+    infos = node.client.recorder(CameraInfo, TOPICS["camera_info"], depth=20)
+    info_pub = node.client.publisher(CameraInfo, TOPICS["input_camera_info"], reliable=True)
+    camera = CameraInfo(width=2 * W, height=2 * H, distortion_model="plumb_bob", d=[0.1, 0.0, 0.0, 0.0, 0.0],
+                        k=[100.0, 0.0, 80.0, 0.0, 100.0, 64.0, 0.0, 0.0, 1.0],
+                        p=[100.0, 0.0, 80.0, 0.0, 0.0, 100.0, 64.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    try:
+        assert wait_until(lambda: info_pub.get_subscription_count() > 0, 10.0)
+        wait_until(lambda: infos.subscription.get_publisher_count() > 0, 10.0)
+        info_pub.publish(camera)
+        out = node.send_until_output(lambda: (info_pub.publish(camera), node.frame(frame_id="camera_info_test"))[1],
+                                     {"camera_info": infos})
+        info, frame = out["camera_info"], out["_input"]
+        assert info.header == frame.header
+        assert (info.width, info.height) == (W, H)  # the output image's size
+        assert list(info.k) == [50.0, 0.0, 40.0, 0.0, 50.0, 32.0, 0.0, 0.0, 1.0]  # intrinsics scaled to it
+        assert info.distortion_model == "plumb_bob" and list(info.d) == list(camera.d)
+        magimg = node.outputs_for(stamp_ns(frame))["magimg"][0]
+        assert (magimg.width, magimg.height) == (info.width, info.height)
+    finally:
+        stop_recording(node.client, infos)
+        node.client.node.destroy_publisher(info_pub)
 
 
 # ---- bad input: skipped with a warning, the next good frame still processed --------------------
@@ -267,13 +279,6 @@ def _undecodable_compressed(node):
     return msg
 
 
-def _stale(node):
-    msg = node.frame()
-    old = node.stamp_ns(msg) - 10 * 10**9  # 10 s old, max_input_age_ms is 5 s
-    msg.header.stamp = Time(sec=old // 10**9, nanosec=old % 10**9)
-    return msg
-
-
 BAD_MESSAGES = {
     "truncated_data": (_truncated, "invalid"),
     "step_shorter_than_a_row": (_step_too_short, "invalid"),
@@ -283,7 +288,6 @@ BAD_MESSAGES = {
     "unknown_encoding": (_unknown_encoding, "invalid"),
     "float_encoding": (_float_input, "invalid"),
     "undecodable_compressed": (_undecodable_compressed, "invalid"),
-    "older_than_max_input_age": (_stale, "dropped_stale"),
 }
 
 
@@ -293,11 +297,11 @@ def test_bad_message_is_skipped_and_the_next_frame_processed(node, case):
     start = node.fresh_counters()
     bad = make_bad(node)
     (node.compressed_pub if isinstance(bad, CompressedImage) else node.image_pub).publish(bad)
-    assert node.client.wait_until(lambda: node.fresh_counters()[counter] > start[counter], 20.0), case
+    assert wait_until(lambda: node.fresh_counters()[counter] > start[counter], 20.0), case
     good = node.frame()
     out = node.send_and_wait(good)
     assert out["magimg"].header == good.header
-    assert not any(node.outputs_for(node.stamp_ns(bad)).values()), "the bad frame produced an output"
+    assert not any(node.outputs_for(stamp_ns(bad)).values()), "the bad frame produced an output"
     end = node.fresh_counters()
     assert end[counter] - start[counter] == 1
     assert end["processed"] - start["processed"] == 1
@@ -313,13 +317,13 @@ def test_newest_frame_wins_under_overload(node):
     burst = [node.frame() for _ in range(6)]
     for msg in burst:
         node.image_pub.publish(msg)
-    node.client.wait_until(lambda: all(node.outputs_for(node.stamp_ns(burst[-1])).values()), FRAME_TIMEOUT,
+    wait_until(lambda: all(node.outputs_for(stamp_ns(burst[-1])).values()), FRAME_TIMEOUT,
                            while_alive=node.process)
-    assert all(node.outputs_for(node.stamp_ns(burst[-1])).values()), "the newest frame was not processed"
+    assert all(node.outputs_for(stamp_ns(burst[-1])).values()), "the newest frame was not processed"
     time.sleep(0.5)
     end = node.fresh_counters()
     delta = {k: end[k] - start[k] for k in ("received", "processed", "dropped_superseded", "dropped_stale", "invalid")}
-    outputs = sum(bool(node.outputs_for(node.stamp_ns(m))["magimg"]) for m in burst)
+    outputs = sum(bool(node.outputs_for(stamp_ns(m))["magimg"]) for m in burst)
     assert outputs == delta["processed"] <= len(burst)
     assert delta["received"] == delta["processed"] + delta["dropped_superseded"] + delta["dropped_stale"] + delta["invalid"]
 
@@ -338,14 +342,14 @@ def test_lazy_outputs_are_published_only_with_subscribers(node):
         for _ in range(10):
             msg = node.frame()
             node.send_and_wait(msg)
-            if node.client.wait_until(lambda: any(node.outputs_for(node.stamp_ns(msg), ir).values()), 1.0):
+            if wait_until(lambda: any(node.outputs_for(stamp_ns(msg), ir).values()), 1.0):
                 break
         else:
             pytest.fail("no ~/output/ir message after subscribing")
         assert node.fresh_counters()["published"]["ir"] > start["ir"]
         assert node.fresh_counters()["published"]["segmentation_color"] == start["segmentation_color"]
     finally:
-        node.client.stop_recording(ir["ir"])
+        stop_recording(node.client, ir["ir"])
 
 
 def test_every_output_carries_the_input_header(node):
@@ -355,11 +359,11 @@ def test_every_output_carries_the_input_header(node):
         for _ in range(10):
             msg = node.frame(frame_id="camera_rear")
             node.send_and_wait(msg)
-            if node.client.wait_until(lambda: all(node.outputs_for(node.stamp_ns(msg), recorders).values()), 1.0):
+            if wait_until(lambda: all(node.outputs_for(stamp_ns(msg), recorders).values()), 1.0):
                 break
         else:
             pytest.fail("lazy outputs never arrived")
-        out = {kind: msgs[0] for kind, msgs in node.outputs_for(node.stamp_ns(msg), recorders).items()}
+        out = {kind: msgs[0] for kind, msgs in node.outputs_for(stamp_ns(msg), recorders).items()}
         for kind, result in out.items():
             assert result.header == msg.header, kind
             assert (result.height, result.width) == (H, W), kind
@@ -369,7 +373,7 @@ def test_every_output_carries_the_input_header(node):
         assert np.array_equal(conversions.image_to_rgb(out["segmentation_color"]), colorize(labels))
     finally:
         for recorder in lazy.values():
-            node.client.stop_recording(recorder)
+            stop_recording(node.client, recorder)
 
 
 def test_diagnostics_report_ok_and_warn_on_invalid_input(node):
@@ -379,7 +383,7 @@ def test_diagnostics_report_ok_and_warn_on_invalid_input(node):
         return [s for a in diagnostics.messages for s in a.status if s.name == "magicfuse: MagImg pipeline"]
 
     try:
-        assert node.client.wait_until(lambda: len(statuses()) > 0, 10.0)
+        assert wait_until(lambda: len(statuses()) > 0, 10.0)
         status = statuses()[-1]
         values = {kv.key: kv.value for kv in status.values}
         for key in ("received", "processed", "dropped_superseded", "dropped_stale", "invalid", "failed", "cut_short",
@@ -390,13 +394,13 @@ def test_diagnostics_report_ok_and_warn_on_invalid_input(node):
         bad.encoding = "yuv422"
         seen = len(statuses())
         node.image_pub.publish(bad)
-        assert node.client.wait_until(
+        assert wait_until(
             lambda: any(s.level == DiagnosticStatus.WARN and "invalid" in s.message for s in statuses()[seen:]), 10.0)
         node.send_and_wait(node.frame())
         seen = len(statuses())
-        assert node.client.wait_until(lambda: any(s.level == DiagnosticStatus.OK for s in statuses()[seen:]), 10.0)
+        assert wait_until(lambda: any(s.level == DiagnosticStatus.OK for s in statuses()[seen:]), 10.0)
     finally:
-        node.client.stop_recording(diagnostics)
+        stop_recording(node.client, diagnostics)
 
 
 def test_node_shuts_down_cleanly_on_sigint(node):
@@ -425,41 +429,43 @@ def test_pipeline_failure_is_counted_and_reported_as_error(client, monkeypatch):
     from rclpy.parameter import Parameter
 
     from magicfuse_ros import node as node_module
+    from magicfuse_ros.processing import FrameProcessor
 
-    monkeypatch.setattr(node_module, "load_pipeline", lambda params, log: FailingPipeline())
-    namespace = f"/test_failing_{os.getpid()}"
-    topics = output_topics(namespace)
+    monkeypatch.setattr(node_module, "load_and_warm_up", lambda params, **log: FrameProcessor(FailingPipeline(), params))
+    namespace = unique_namespace("test_failing")
+    names = topics(namespace)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN)
     node = node_module.MagicFuseNode(context=context, namespace=namespace, parameter_overrides=[
-        Parameter("model_path", value="fake"), Parameter("diagnostics_period_s", value=0.3)])
+        Parameter("model_path", value="fake"), Parameter("diagnostics_period_s", value=0.3),
+        Parameter("lazy_input", value=False)])
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     diagnostics = client.recorder(DiagnosticArray, "/diagnostics", depth=50)
-    publisher = client.publisher(Image, topics["input"])
+    publisher = client.publisher(Image, names["input"])
     try:
-        assert client.wait_until(lambda: publisher.get_subscription_count() > 0, 20.0)
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 20.0)
 
         def send_until_two_failed():  # best effort: keep sending until two frames have reached the pipeline
             msg = image_msg(PICTURE, "rgb8")
-            msg.header.stamp = client.now_msg()
+            msg.header.stamp = client.node.get_clock().now().to_msg()
             publisher.publish(msg)
             return node.counters()["failed"] >= 2
 
-        assert client.wait_until(send_until_two_failed, 30.0, poll=0.3)
+        assert wait_until(send_until_two_failed, 30.0, poll=0.3)
         assert node.counters()["processed"] == 0
 
         def errors():
             return [s for a in diagnostics.messages for s in a.status
                     if s.name == "magicfuse: MagImg pipeline" and s.level == DiagnosticStatus.ERROR]
 
-        assert client.wait_until(lambda: len(errors()) > 0, 10.0)
+        assert wait_until(lambda: len(errors()) > 0, 10.0)
         assert "out of memory" in errors()[-1].message
-        assert spinner.is_alive() and node._worker.is_alive()
+        assert spinner.is_alive() and node.worker._thread.is_alive()
     finally:
-        client.stop_recording(diagnostics)
+        stop_recording(client, diagnostics)
         executor.shutdown(timeout_sec=2.0)
         node.close()
         context.try_shutdown()
@@ -469,24 +475,15 @@ def test_pipeline_failure_is_counted_and_reported_as_error(client, monkeypatch):
 # ---- other configurations: own processes -------------------------------------------------------
 
 def test_time_budget_bgr8_output_and_float_weights(client, tmp_path):
-    namespace = f"/test_variant_{os.getpid()}"
-    topics = output_topics(namespace)
+    namespace = unique_namespace("test_variant")
     process = NodeProcess(namespace=namespace, domain_id=DOMAIN, log_dir=tmp_path, overrides={
         **NODE_PARAMS, "steps": 4, "time_budget_ms": 0.001, "output_encoding": "bgr8",
-        "fusion_weight_encoding": "32FC1", "input_reliability": "reliable", "input_depth": 3})
-    harness = Harness(client, process, topics, reliable_input=True)
-    weights = {"fusion_weight": client.recorder(Image, topics["fusion_weight"])}
+        "fusion_weight_encoding": "32FC1"})
+    harness = Harness(client, process)
+    weights = {"fusion_weight": client.recorder(Image, topics(namespace)["fusion_weight"])}
     harness.start()
     try:
-        recorders = {**harness.out, **weights}
-        for _ in range(10):
-            msg = harness.frame()
-            harness.send_and_wait(msg)
-            if client.wait_until(lambda: all(harness.outputs_for(harness.stamp_ns(msg), recorders).values()), 1.0):
-                break
-        else:
-            pytest.fail("no fusion_weight output")
-        out = {kind: msgs[0] for kind, msgs in harness.outputs_for(harness.stamp_ns(msg), recorders).items()}
+        out = harness.send_until_output(harness.frame, {**harness.out, **weights})
         assert out["magimg"].encoding == "bgr8" and out["magimg"].step == W * 3
         weight, encoding = conversions.image_to_array(out["fusion_weight"], encodings=conversions.READABLE_ENCODINGS)
         assert encoding == "32FC1" and weight.shape == (H, W) and np.isfinite(weight).all()
@@ -494,8 +491,8 @@ def test_time_budget_bgr8_output_and_float_weights(client, tmp_path):
         assert counters["cut_short"] >= 1 and counters["processed"] >= 1
     finally:
         assert process.stop() == 0
-        for recorder in (*harness.out.values(), *weights.values(), harness.counters):
-            client.stop_recording(recorder)
+        harness.close()
+        stop_recording(client, weights["fusion_weight"])
 
 
 @pytest.mark.parametrize("override,name,code", [

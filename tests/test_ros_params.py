@@ -43,19 +43,36 @@ def test_schema_rejects_a_bad_param_file():
 
 
 def test_every_parameter_is_described_and_its_default_is_valid():
-    props = params.parameter_schema()["properties"]
-    for name, prop in props.items():
+    for name, prop in params.parameter_schema()["properties"].items():
         assert prop.get("description"), name
         assert "default" in prop and "type" in prop, name
-    assert set(props) == {f.name for f in dataclasses.fields(params.MagicFuseParams)}
-    assert set(params.parameter_schema()["required"]) == set(props)
+    declared = params.node_properties()
+    assert set(declared) == {f.name for f in dataclasses.fields(params.MagicFuseParams)}
+    assert set(params.parameter_schema()["required"]) == set(declared)
     params.validate(params.defaults())
+
+
+def test_qos_is_set_through_ros_qos_overrides_not_home_made_parameters():
+    props = params.parameter_schema()["properties"]
+    for name in ("input_reliability", "input_depth", "output_depth"):
+        assert name not in props
+    assert "qos_overrides" in props and "qos_overrides" not in params.node_properties()
+    # A parameter file with a qos_overrides section (as rcl reads it) is valid for the offline tools too.
+    document = yaml.safe_load(PARAM_YAML.read_text())
+    document["/**"]["ros__parameters"]["qos_overrides"] = {
+        "/camera/image_raw": {"subscription": {"reliability": "reliable", "depth": 1}}}
+    jsonschema.validate(document, json.loads(SCHEMA.read_text()))
+
+
+def test_frames_are_never_dropped_for_their_age_by_default():
+    assert params.defaults()["max_input_age_ms"] == 0.0
+    assert params.defaults()["lazy_input"] is True
 
 
 def test_issue_required_parameters_exist():
     props = params.parameter_schema()["properties"]
     for name in ("model_path", "device", "backend", "steps", "seed_policy", "seed", "tau", "thermal_classes",
-                 "output_encoding", "input_reliability", "input_depth", "max_input_age_ms", "max_input_pixels",
+                 "output_encoding", "max_input_age_ms", "max_input_pixels", "lazy_input",
                  "time_budget_ms"):
         assert name in props
 
@@ -69,7 +86,7 @@ def test_issue_required_parameters_exist():
     ("thermal_classes", [], "should be non-empty"),
     ("model_path", "", "non-empty"),
     ("backend", "tensorflow", "does not match"),
-    ("input_depth", 0, "minimum"),
+    ("max_input_age_ms", -1.0, "minimum"),
     ("subscribe_compressed", "yes", "is not of type"),
 ])
 def test_invalid_values_name_the_parameter(name, value, needle):
