@@ -180,11 +180,12 @@ class MagicFusePipeline:
     def trained(self) -> bool:
         return self.model.trained
 
-    def warmup(self, height: int, width: int, runs: int = 1, outputs=None) -> None:
-        """Run at the size real frames will have: CUDA graphs, compiled graphs and engines are per shape."""
+    def warmup(self, height: int, width: int, runs: int = 1, outputs=None, steps: int | None = None) -> None:
+        """Run at the size real frames will have: CUDA graphs, compiled graphs, ONNX Runtime arenas and
+        engines are per shape. steps=1 is enough to give every network its real shapes."""
         frame = np.zeros((1, height, width, 3), dtype=np.uint8)
         for _ in range(runs):
-            self(frame, seed=0, outputs=outputs)
+            self(frame, seed=0, outputs=outputs, steps=steps)
 
     # ---- inference ----------------------------------------------------------
     def _noise(self, seeds: Sequence[int], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

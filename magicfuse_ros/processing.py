@@ -27,8 +27,10 @@ from magicfuse_core.palette import MFNET_CLASSES, MFNET_PALETTE, colorize
 from .outputs import IMAGE_OUTPUT_NAMES, IMAGE_OUTPUTS
 from .params import MagicFuseParams
 
-# Warm-up size when frames run at their own size (unknown until the first frame comes).
-DEFAULT_WARMUP_SIZE = (64, 64)
+# Warm-up size when frames run at their own size (unknown until the first frame comes): VGA, the
+# size of the paper's and MSRS's cameras. CUDA graphs, compiled graphs and ONNX Runtime arenas are
+# per shape, so a warm-up at a toy size would leave the first real frame to capture them again.
+DEFAULT_WARMUP_SIZE = (480, 640)
 
 
 class ModelLoadError(RuntimeError):
@@ -157,9 +159,10 @@ class FrameProcessor:
         self.params = params
 
     def warmup(self) -> tuple[int, int]:
-        """One run at the pipeline's inference size (or DEFAULT_WARMUP_SIZE); returns the size used."""
+        """One one-step run at the pipeline's inference size (or DEFAULT_WARMUP_SIZE); returns the size used.
+        One step is enough: every network sees its real shapes in it."""
         height, width = getattr(self.pipeline, "inference_size", None) or DEFAULT_WARMUP_SIZE
-        self.pipeline.warmup(height, width)
+        self.pipeline.warmup(height, width, steps=1)
         return height, width
 
     def process(self, rgb: np.ndarray, stamp_ns: int = 0, wanted: Collection[str] = IMAGE_OUTPUT_NAMES,
