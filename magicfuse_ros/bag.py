@@ -6,7 +6,7 @@
 - `replay_bag`: offline and deterministic: every image of the input bag goes
   through the same `FrameProcessor` the node uses and gives one message of each
   output kind, with the input's header and bag timestamp; optionally PNGs and
-  the evaluation report (magicfuse_core.evaluate) when the bag has real infrared.
+  the evaluation report (magicfuse_core.evaluation) when the bag has real infrared.
 - `read_images`, `BagOutput`: the reading and writing both share.
 
 Format: rosbag2 metadata version 8, the oldest `rosbags` writes. It stores the

@@ -42,7 +42,7 @@ from magicfuse_core.evaluation.scoring import mean_table
 from magicfuse_core.evaluation.targets import SEG_TARGET_METRICS, YOLO_PERSON
 from magicfuse_core.imageio import read_gray, read_rgb, write_png
 from magicfuse_core.palette import DEFAULT_TAU
-from magicfuse_core.pipeline import MagicFusePipeline
+from magicfuse_core.pipeline import MagicFusePipeline, load_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 LOWER_BETTER = metrics.LOWER_IS_BETTER
@@ -126,6 +126,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--results", default=None, help="JSON of the results (default MODEL/eval_msrs_val.json)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, 25)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--backend", default="auto", help="pipeline backend (default auto: ONNX Runtime on CPU)")
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
@@ -135,10 +136,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     model_dir, data = REPO / args.model, (REPO / args.data).resolve()
 
-    probe = MagicFusePipeline.from_pretrained(model_dir)
-    info = probe.model.info
-    size = tuple(info["inference_size"]) if info.get("inference_size") else None  # None: native 640x480
-    pipe = MagicFusePipeline(probe.model, inference_size=size, steps=args.steps)
+    pipe = load_pipeline(model_dir, backend=args.backend, steps=args.steps, size="auto")  # the defaults users get
+    info = pipe.model.info
+    size = pipe.inference_size  # None: native 640x480
     names = read_names(data / "val.txt")[: args.frames]
 
     results, grid = evaluate(pipe, data, names, size)
