@@ -7,16 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from magicfuse_core.data import Box
 from magicfuse_core.evaluation import baselines, card, figures, targets
 
+from card_frames import HEIGHT, WIDTH, scored_card_frame
+from card_frames import box as make_box
+
 PERSON, BICYCLE, CAR = 0, 1, 2  # YOLO classes of MSRS det/classes.txt
-
-
-def _box(cls: int, rows: tuple[int, int], cols: tuple[int, int], height: int, width: int) -> Box:
-    """A YOLO box covering exactly rows[0]..rows[1]-1 and cols[0]..cols[1]-1 of an (height, width) frame."""
-    (y0, y1), (x0, x1) = rows, cols
-    return Box(cls, (x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
 
 
 def _grey_rgb(grey: np.ndarray) -> np.ndarray:
@@ -50,7 +46,7 @@ def test_hottest_contrast_is_undefined_on_a_constant_infrared_frame():
 
 def test_person_contrast_is_inside_the_boxes_minus_the_ring_around_them():
     h, w = 40, 40
-    box = _box(PERSON, (10, 20), (10, 20), h, w)
+    box = make_box(PERSON, (10, 20), (10, 20), h, w)
     image = np.zeros((h, w), np.uint8)
     image[5:25, 5:25] = 40    # the ring: the box grown by half its size on every side
     image[10:20, 10:20] = 100
@@ -60,7 +56,7 @@ def test_person_contrast_is_inside_the_boxes_minus_the_ring_around_them():
 
 
 def test_person_contrast_needs_a_person_box():
-    car = _box(CAR, (10, 20), (10, 20), 40, 40)
+    car = make_box(CAR, (10, 20), (10, 20), 40, 40)
     assert math.isnan(targets.person_contrast(np.zeros((40, 40), np.uint8), [car]))
 
 
@@ -121,9 +117,9 @@ def test_segmentation_counts_against_silhouettes_boxes_and_the_outside():
     h, w = 40, 60
     ir = np.full((h, w), 20, np.uint8)
     ir[10:30, 12:16] = 200  # the warm body: 4 columns of the 10-column person box
-    person = _box(PERSON, (10, 30), (10, 20), h, w)
-    car = _box(CAR, (5, 15), (30, 50), h, w)   # 10 x 20 = 200 px
-    bike = _box(BICYCLE, (30, 40), (0, 10), h, w)  # 10 x 10 = 100 px
+    person = make_box(PERSON, (10, 30), (10, 20), h, w)
+    car = make_box(CAR, (5, 15), (30, 50), h, w)   # 10 x 20 = 200 px
+    bike = make_box(BICYCLE, (30, 40), (0, 10), h, w)  # 10 x 10 = 100 px
     seg = np.zeros((h, w), np.uint8)
     seg[10:30, 10:20] = 2   # the whole person box: its cold columns are ignored, not false positives
     seg[5:15, 30:40] = 1    # half the car box
@@ -155,7 +151,7 @@ def test_segmentation_scores_are_nan_without_targets_or_predictions():
 def test_draw_boxes_colours_the_box_border_pixels_only():
     h, w = 20, 30
     image = np.zeros((h, w), np.uint8)
-    box = _box(PERSON, (4, 12), (5, 20), h, w)
+    box = make_box(PERSON, (4, 12), (5, 20), h, w)
     for thickness in (1, 2):
         out = figures.draw_boxes(image, [box], colour=(255, 0, 0), thickness=thickness)
         assert out.shape == (h, w, 3)
@@ -169,7 +165,7 @@ def test_draw_boxes_colours_the_box_border_pixels_only():
 
 def test_image_grid_tiles_every_panel_and_draws_the_boxes_on_each():
     rows = [[np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8)] for _ in range(2)]
-    boxes = [[_box(PERSON, (10, 30), (10, 30), 40, 40)], []]
+    boxes = [[make_box(PERSON, (10, 30), (10, 30), 40, 40)], []]
     grid = figures.image_grid(rows, tile=(20, 20), boxes=boxes, gap=2)
     assert grid.shape == (2 * 20 + 2, 2 * 20 + 2, 3)
     assert (grid[20:22] == 255).all() and (grid[:, 20:22] == 255).all()  # white gaps
@@ -182,17 +178,7 @@ def test_image_grid_tiles_every_panel_and_draws_the_boxes_on_each():
 
 
 def _card_frame(seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    h, w = 32, 48
-    clean = rng.integers(0, 200, (h, w, 3), dtype=np.uint8)
-    ir = rng.integers(0, 100, (h, w), dtype=np.uint8)
-    ir[8:24, 10:18] = 230
-    degraded = (clean // 3).astype(np.uint8)
-    ikr = np.clip(clean.astype(int) + rng.integers(-10, 10, clean.shape), 0, 255).astype(np.uint8)
-    ckg = _grey_rgb(ir)
-    boxes = [_box(PERSON, (8, 24), (10, 18), h, w)]
-    return card.score_frame(degraded, ikr, ckg, magimg=ikr, generated_ir=ir, clean=clean, ir=ir, boxes=boxes,
-                            seg_labels=np.zeros((h, w), np.uint8), weight=np.ones((h, w), np.float32))
+    return scored_card_frame(seed, weight=np.ones((HEIGHT, WIDTH), np.float32))
 
 
 def test_card_scores_every_candidate_and_magimg_equal_to_ikr_has_ratio_one():

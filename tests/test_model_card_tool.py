@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magicfuse_core.data import Box
 from magicfuse_core.evaluation import card
+
+from card_frames import scored_card_frame
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "evaluate_demo_model.py"
 
@@ -22,21 +23,9 @@ def tool():
     return module
 
 
-def _frame(seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    h, w = 32, 48
-    clean = rng.integers(0, 200, (h, w, 3), dtype=np.uint8)
-    ir = rng.integers(0, 100, (h, w), dtype=np.uint8)
-    ir[8:24, 10:18] = 230
-    ikr = np.clip(clean.astype(int) + rng.integers(-10, 10, clean.shape), 0, 255).astype(np.uint8)
-    person = Box(0, 14 / w, 16 / h, 8 / w, 16 / h)
-    return card.score_frame(clean // 3, ikr, np.repeat(ir[..., None], 3, 2), ikr, ir, clean, ir, [person],
-                            np.zeros((h, w), np.uint8), None)
-
-
 @pytest.fixture(scope="module")
 def results() -> dict:
-    summary = card.summarise([_frame(0), _frame(1)])
+    summary = card.summarise([scored_card_frame(0), scored_card_frame(1)])
     sim = {"PSNR": 15.0, "SSIM": 0.4, "CC": 0.2}
     return {
         "model": "models/demo", "info": {"data": {"frames": 300}, "wall_time_s": {"ikr": 60.0}},

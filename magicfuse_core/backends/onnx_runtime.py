@@ -17,19 +17,9 @@ import torch
 
 from ..hashing import sha256_bytes
 from ..io_contract import DEFAULT_COMPONENTS, NET_IO, Channels, latent_size, output_shapes
-from .onnx_export import component_module, export_matches, export_model, load_manifest, model_fingerprint
+from .onnx_export import (component_module, export_matches, export_model, load_manifest, model_fingerprint,
+                          ort_session)
 from .registry import BackendUnavailable, default_cache_dir
-
-
-def ort_session(path: str | Path, providers=("CPUExecutionProvider",), threads: int | None = None):
-    """An ONNX Runtime session with full graph optimisation."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
 
 
 def check_active_provider(session, wanted: str, path) -> None:
