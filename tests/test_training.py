@@ -470,11 +470,13 @@ def test_export_bundles_a_loadable_trained_model(workdir):
     # Fine-tune F/S on top of the exported model: Ψ/Φ come from its folder, F/S's steps add up.
     shipped = {"phase2.ikr_checkpoint": str(out / "ikr.safetensors"), "phase2.ckg_checkpoint": str(out / "ckg.safetensors"),
                "phase2.init_fusion": str(out / "fusion.safetensors"), "phase2.max_steps": 1,
-               "data.silhouette_classes": ["person"]}
+               "phase2.sampling_steps": 4, "data.silhouette_classes": ["person"]}
     tuned_cfg = write_config(workdir, workdir / "tuned", **shipped)
     phase2.main(["--config", str(tuned_cfg), "--no-progress"])
     tuned = load_model(export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "tuned_model")]))
     assert tuned.info["steps"] == {"ikr": 1, "ckg": 1, "fusion": 2}
+    assert model.schedule.num_inference_steps == 5  # the test config's phase2.sampling_steps
+    assert tuned.schedule.num_inference_steps == 4  # F/S trained on 4 steps: the model samples with 4
     assert "person boxes cut to their IR-warm pixels" in tuned.info["data"]["weak_masks"]
     assert_same_weights(tuned.ckg.state_dict(), model.ckg.state_dict())
 
