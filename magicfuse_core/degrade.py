@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .color import to_uint8
+
 KINDS: tuple[str, ...] = ("lowlight", "haze", "noise", "blur", "jpeg")
 # The kinds the paper names (SPEC §5); a random composition contains at least one.
 PRIMARY_KINDS: tuple[str, ...] = ("lowlight", "haze", "noise")
@@ -447,6 +449,3 @@ def to_float(image: np.ndarray) -> np.ndarray:
     return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8 with rounding."""
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

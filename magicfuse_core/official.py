@@ -19,7 +19,7 @@ import torch
 from .checkpoint import MagicFuseModel, load_state_dict_strict, save_model
 from .models.autoencoder import Autoencoder
 from .models.fusion import FusionConfig, FusionModule, FusionNet
-from .models.unet import ConditionalUNet, UNetConfig
+from .models.unet import ConditionalUNet, UNetConfig, unet_config
 from .palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES
 from .sampler import fused_sample as _fused_sample
 from .schedule import DDIMSchedule
@@ -74,6 +74,17 @@ def unet_config_from_reference(config: Mapping) -> UNetConfig:
     for k in ("attention_resolutions", "channel_mult"):
         kwargs[k] = tuple(int(v) for v in kwargs[k])
     return UNetConfig(**kwargs)
+
+
+def reference_config(config: UNetConfig) -> dict:
+    """Our UNetConfig in the reference YAML keys (the inverse of unet_config_from_reference)."""
+    d = config.to_dict()
+    return {ref: d[ours] for ref, ours in _UNET_KEYS.items()}
+
+
+def paper_reference_config(denoiser: str) -> dict:
+    """The paper's Ψ ("ikr") or Φ ("ckg") in the reference YAML keys, from our one definition of them."""
+    return reference_config(unet_config(f"{denoiser}_paper"))
 
 
 def load_autoencoder(src) -> Autoencoder:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .backends import DEFAULT_BACKEND, BackendInfo, build_hooks
 from .checkpoint import MagicFuseModel, load_model, random_model
-from .color import luma
+from .color import luma, to_uint8
 from .io_contract import PAD_MULTIPLE
 from .palette import class_ids
 from .paths import default_model_dir
@@ -71,9 +71,9 @@ class FuseResult:
     cut_short: bool
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8, rounded."""
-    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8."""
+    return to_uint8(images.float().permute(0, 2, 3, 1).cpu().numpy())
 
 
 def parse_outputs(outputs: Iterable[str] | str | None) -> frozenset[str]:
@@ -250,7 +250,7 @@ class MagicFusePipeline:
         return FuseResult(
             magimg=_uint8_or_none(images_out.get("magimg")), ikr=_uint8_or_none(images_out.get("ikr")),
             ckg=_uint8_or_none(ckg),
-            ir=None if ckg is None else to_uint8(luma(ckg[:, 0:1], ckg[:, 1:2], ckg[:, 2:3]))[..., 0],
+            ir=None if ckg is None else images_to_uint8(luma(ckg[:, 0:1], ckg[:, 1:2], ckg[:, 2:3]))[..., 0],
             seg_labels=labels, seg_logits=logits, fusion_weight=fusion_weight, weights=step_weights,
             steps_run=out.steps_run, cut_short=out.cut_short,
         )
@@ -284,7 +284,7 @@ class MagicFusePipeline:
 
 
 def _uint8_or_none(images: torch.Tensor | None) -> np.ndarray | None:
-    return None if images is None else to_uint8(images)
+    return None if images is None else images_to_uint8(images)
 
 
 def resolve_device(device: str) -> str:

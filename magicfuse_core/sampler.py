@@ -84,6 +84,17 @@ def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_
     return StepOutput(nxt, z0_ikr, z0_ckg, z0_fused, eps_ikr, eps_ckg, eps_fused, w, w_r)
 
 
+@torch.no_grad()
+def ddim_sample(denoiser: Denoiser, cond_latent: torch.Tensor, z_T: torch.Tensor, schedule: DDIMSchedule) -> torch.Tensor:
+    """One stream alone (deterministic DDIM, eta = 0): (B, 8, h, w) condition -> z0 estimate.
+    What phase 1 previews while Ψ or Φ trains; the fused sampler runs three of these in lock-step."""
+    x = z0 = z_T
+    for i, t in enumerate(schedule.timesteps):
+        eps = denoiser(torch.cat([cond_latent, x], dim=1), torch.full((x.shape[0],), float(t), device=x.device))
+        x, z0 = schedule.step(x, eps.float(), i)
+    return z0
+
+
 @dataclass
 class SampleOutput:
     """Latents are in the [-1, 1] diffusion space, (B, 8, h, w)."""

@@ -209,3 +209,118 @@ def test_tensorrt_chain_builds_caches_and_matches_torch(tmp_path, onnx_cache, re
     opts["env"] = replace(env, gpu_name="NVIDIA L4", compute_capability=(8, 9))  # another GPU: never reuse
     tensorrt_hooks(pipe.model, pipe.device, notes=notes, **opts)
     assert len(builder.built) == 6
+
+
+# ---- auto, and the defects a GPU would have shown --------------------------------------------------
+def test_auto_runs_onnxruntime_on_cpu_within_tolerance_of_torch(reference, onnx_cache):
+    """The CPU default: ONNX Runtime for all five networks, MagImg within 2 grey levels of eager torch."""
+    pipe = _pipe().use_backend("auto")
+    info = pipe.backend_info
+    assert (info.requested, info.name) == ("auto", "onnxruntime")
+    assert "ONNX Runtime" in info.notes[0]
+    assert all(isinstance(h, OrtNet) for h in (pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net,
+                                               pipe.encoder, pipe.decoder))
+    result = pipe(FRAME, seed=5)
+    assert_same_result(result, reference, max_pixel=2, max_changed_labels=0.01)
+    rel = np.linalg.norm(result.magimg.astype(float) - reference.magimg) / np.linalg.norm(reference.magimg.astype(float))
+    assert rel < 1e-2
+
+
+def test_auto_on_cuda_is_the_torch_fast_path():
+    from magicfuse_core.backends import CUDA_FAST_PATH, resolve_auto
+
+    name, opts, why = resolve_auto(torch.device("cuda"))
+    assert (name, opts) == ("torch", CUDA_FAST_PATH) and "CUDA" in why
+    assert resolve_auto(torch.device("cpu"))[0] == "onnxruntime"
+
+
+def test_auto_takes_no_options():
+    with pytest.raises(ValueError, match="'auto' takes no options"):
+        _pipe().use_backend("auto:threads=1")
+
+
+def test_load_pipeline_says_once_which_backend_runs_and_why(onnx_cache):
+    from magicfuse_core.pipeline import load_pipeline
+
+    lines = []
+    pipe = load_pipeline("random-tiny", backend="auto", steps=1, log=lines.append)
+    said = [line for line in lines if line.startswith("backend:")]
+    assert said == [f"backend: {pipe.backend_info.summary()}"]
+    assert "auto -> onnxruntime" in said[0] and "CPU: ONNX Runtime" in said[0]
+
+
+def test_a_silent_onnxruntime_fallback_to_the_cpu_is_an_error():
+    class FellBackToCpu:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    with pytest.raises(BackendUnavailable, match="could not activate CUDAExecutionProvider"):
+        check_active_provider(FellBackToCpu(), "CUDAExecutionProvider", "ikr.onnx")
+    check_active_provider(FellBackToCpu(), "CPUExecutionProvider", "ikr.onnx")  # what was asked for: fine
+
+
+def test_torch_hooks_hand_back_tensors_they_own():
+    """A compiled net ("reduce-overhead") returns buffers its next call overwrites: hooks copy them."""
+    buffer = torch.ones(1, 8, 4, 4)
+    hook = TorchNet(lambda x: buffer)
+    first = hook(torch.zeros(1, 8, 4, 4))
+    buffer.fill_(2.0)  # the "next call" overwrites the graph-owned output
+    assert first.data_ptr() != buffer.data_ptr() and float(first.max()) == 1.0
+
+
+class _FakeTrt:
+    """Just enough of the tensorrt module for keep_fp32."""
+
+    float32, float16, bfloat16, int32, int64 = "f32", "f16", "bf16", "i32", "i64"
+
+    class LayerType:
+        NORMALIZATION, REDUCE, UNARY, ELEMENTWISE, CONVOLUTION, GATHER = range(6)
+
+
+class _FakeTensor:
+    def __init__(self, dtype, shape, is_shape_tensor=False):
+        self.dtype, self.shape, self.is_shape_tensor = dtype, shape, is_shape_tensor
+
+
+class _FakeLayer:
+    def __init__(self, kind, *outputs):
+        self.type, self._outputs, self.num_outputs = kind, outputs, len(outputs)
+
+    def get_output(self, j):
+        return self._outputs[j]
+
+
+def test_tensorrt_fp32_constraint_spares_integer_and_shape_layers():
+    trt, T = _FakeTrt, _FakeTrt.LayerType
+    assert keep_fp32(trt, _FakeLayer(T.NORMALIZATION, _FakeTensor("f16", (1, 64, 8, 8))))
+    assert keep_fp32(trt, _FakeLayer(T.UNARY, _FakeTensor("f16", (1, 128))))           # timestep embedding
+    assert not keep_fp32(trt, _FakeLayer(T.CONVOLUTION, _FakeTensor("f16", (1, 64, 8, 8))))
+    assert not keep_fp32(trt, _FakeLayer(T.ELEMENTWISE, _FakeTensor("i64", (1,))))      # t.round().long()
+    assert not keep_fp32(trt, _FakeLayer(T.ELEMENTWISE, _FakeTensor("i32", (4,), is_shape_tensor=True)))
+    assert not keep_fp32(trt, _FakeLayer(T.ELEMENTWISE, _FakeTensor("f32", (4,), is_shape_tensor=True)))
+    assert not keep_fp32(trt, _FakeLayer(T.REDUCE))                                       # no outputs
+
+
+def test_a_fixed_size_backend_runs_every_frame_at_its_size(monkeypatch, reference):
+    """TensorRT engines have one size: frames of another size run at it and come back at their own."""
+    import magicfuse_core.pipeline as pipeline_module
+
+    real_build = pipeline_module.build_hooks
+
+    def fixed_size_build(model, device, spec, **kwargs):
+        hooks, info = real_build(model, device, "torch", **kwargs)
+        info.fixed_size = (64, 96)
+        return hooks, info
+
+    pipe = _pipe()
+    monkeypatch.setattr(pipeline_module, "build_hooks", fixed_size_build)
+    pipe.use_backend("tensorrt")
+    assert pipe.inference_size == (64, 96) and "resized back" in pipe.backend_info.notes[-1]
+    result = pipe(FRAME, seed=5)
+    assert result.magimg.shape == FRAME.shape and result.seg_labels.shape == FRAME.shape[:3]
+
+
+def test_tensorrt_profile_is_the_size_the_pipeline_feeds():
+    shapes = engine_shapes(Channels(), "fusion", height=480, width=640, max_batch=2)
+    assert shapes["x24"] == ((1, 24, 120, 160), (1, 24, 120, 160), (2, 24, 120, 160))
+    assert shapes["t"] == ((1,), (1,), (2,))

@@ -17,8 +17,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (function-level imports count too)."""
+def _imports(path: Path, modules: set[str] = frozenset()) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports count too); `modules`
+    tells sub-modules from names when a line reads `from package import x`."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -32,9 +33,10 @@ def _imports(path: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.add(target)
-            # `from . import x` / `from .pkg import mod` may name sub-modules.
-            found.update(f"{target}.{alias.name}" for alias in node.names)
+            # `from .pkg import mod` imports the sub-module mod; `from .pkg import name` needs pkg itself.
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in modules else target)
     return found
 
 
@@ -42,7 +44,7 @@ def _core_graph() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in CORE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
-        graph[name] = {m for m in _imports(path) if m in modules and m != name}
+        graph[name] = {m for m in _imports(path, set(modules)) if m in modules and m != name}
     return graph
 
 

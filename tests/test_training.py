@@ -221,18 +221,6 @@ def test_checkpoint_round_trip_gives_the_trained_network(workdir):
     assert torch.equal(net(x, t), rebuilt.eval()(x, t))
 
 
-def test_x0_loss_is_the_clean_estimate_error_at_every_noise_level():
-    schedule = DDIMSchedule()
-    target, noise = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
-    t = torch.tensor([960, 0])
-    x_t = schedule.add_noise(target, noise, t)
-    assert phase1.x0_mse(noise, x_t, target, t, schedule).item() < 1e-8  # the true noise gives the exact z0
-    wrong = noise + 0.01
-    a = torch.tensor([schedule.alpha_bar(960), schedule.alpha_bar(0)])
-    expected = float((0.01 ** 2 * (1 - a) / a).mean())  # an eps error of 0.01 costs (1 - a) / a in z0
-    assert phase1.x0_mse(wrong, x_t, target, t, schedule).item() == pytest.approx(expected, rel=1e-3)
-
-
 def test_min_snr_weights_only_the_low_noise_steps_down():
     schedule = DDIMSchedule()
     eps, noise = torch.ones(2, 8, 4, 4), torch.zeros(2, 8, 4, 4)
@@ -274,6 +262,33 @@ def test_phase2_gradients_reach_only_fusion_and_only_at_the_stop_step():
     assert all(g is not None for g in grads.values())
     assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith("segproj"))  # S
     assert grads["estimate.1.weight"].abs().sum() > 0                                      # the weight head of F
+
+
+@pytest.mark.parametrize("stop_index", [0, 2, 4])
+def test_phase2_rolls_out_the_trajectory_inference_samples(stop_index):
+    """Training's rollout down to the stop step is fused_sample's trajectory, step for step."""
+    from magicfuse_core.sampler import fused_sample
+
+    ae, ikr, ckg, fusion = tiny_frozen_nets()
+    fusion.eval()
+    schedule = DDIMSchedule(num_inference_steps=5)
+    cond = torch.rand(2, 8, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 32, 32, dtype=torch.long)
+    _, details = phase2.algorithm1_loss(fusion, ikr, ckg, ae, cond, mask, schedule, stop_index=stop_index,
+                                        g=torch.Generator().manual_seed(7), tau=0.3)
+    g = torch.Generator().manual_seed(7)  # the same draws, in the same order, as algorithm1_loss
+    z_T = torch.randn(cond.shape, generator=g)
+    seg_T = torch.randn((2, fusion.config.num_classes, 8, 8), generator=g)
+    states = [(z_T, z_T, z_T)]  # (x_ikr, x_ckg, x_fused) entering each step
+    with torch.no_grad():
+        sampled = fused_sample(ikr, ckg, fusion, cond, z_T, seg_T, schedule, tau=0.3, return_weights=True,
+                               callback=lambda i, step: states.append((step.next.x_ikr, step.next.x_ckg,
+                                                                       step.next.x_fused)))
+    x_ikr, x_ckg, x_fused = states[stop_index]
+    torch.testing.assert_close(details["x_ikr"], x_ikr, rtol=0, atol=0)
+    torch.testing.assert_close(details["x_ckg"], x_ckg, rtol=0, atol=0)
+    torch.testing.assert_close(details["x_fused"], x_fused, rtol=0, atol=0)
+    torch.testing.assert_close(details["w_r"], sampled.corrected_weights[stop_index], rtol=1e-6, atol=1e-6)
 
 
 def test_phase2_overfits_one_batch():

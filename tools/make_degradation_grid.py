@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from magicfuse_core import degrade
+from magicfuse_core.color import to_uint8
 from magicfuse_core.imageio import read_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def main() -> None:
     small = cv2.resize(frame, (TILE_W, TILE_H), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     tiles = []
     for title, spec in example_specs(args.seeds):
-        tiles.append(label(degrade.to_uint8(degrade.apply(small, spec)), title, caption(spec)))
+        tiles.append(label(to_uint8(degrade.apply(small, spec)), title, caption(spec)))
     rows = [np.concatenate(tiles[i:i + COLUMNS], axis=1) for i in range(0, len(tiles), COLUMNS)]
     grid = np.concatenate(rows, axis=0)
 

@@ -20,7 +20,7 @@ import torch
 
 from magicfuse_core.checkpoint import MagicFuseModel, save_model
 from magicfuse_core.data import read_names
-from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids
+from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids
 from training.builders import build_autoencoder
 from training.checkpoints import load_trained_module
 from training.config import load_config, repo_path
@@ -108,7 +108,7 @@ def main(argv=None) -> Path:
         "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     model = MagicFuseModel(autoencoder=build_autoencoder(ae_spec), ikr=nets["ikr"], ckg=nets["ckg"],
-                           fusion=nets["fusion"], tau=float(cfg["phase2"].get("tau", 0.4)),
+                           fusion=nets["fusion"], tau=float(cfg["phase2"].get("tau", DEFAULT_TAU)),
                            thermal_classes=class_ids(cfg["phase2"].get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
                            info=info)
     out = save_model(model, repo_path(args.out), dtype=DTYPES[export.get("dtype", "float32")])

@@ -25,8 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from magicfuse_core.denoiser import EpsilonDenoiser
 from magicfuse_core.losses import eps_mse
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
+from magicfuse_core.sampler import ddim_sample
 from magicfuse_core.schedule import DDIMSchedule
 from training.builders import build_autoencoder, build_unet
 from training.checkpoints import resume_if_any, save_checkpoint
@@ -93,26 +95,6 @@ def weighted_eps_mse(eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sc
     a = schedule.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t]
     weight = (gamma * (1 - a) / a).clamp(max=1.0)
     return (weight.view(-1, 1, 1, 1) * (eps.float() - noise.float()) ** 2).mean()
-
-
-def x0_mse(eps: torch.Tensor, x_t: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
-           schedule: DDIMSchedule) -> torch.Tensor:
-    """MSE of the clean-latent estimate z0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t): the loss of
-    denoisers that predict z0 (`prediction: sample`), whose eps output is exactly their z0 re-expressed."""
-    a = schedule.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t].view(-1, 1, 1, 1)
-    z0_hat = (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
-    return F.mse_loss(z0_hat, target.float())
-
-
-@torch.no_grad()
-def ddim_sample(net, cond: torch.Tensor, schedule: DDIMSchedule, g: torch.Generator) -> torch.Tensor:
-    """One-stream deterministic DDIM from z_T ~ N(0, I): (B, 8, h, w) condition -> z0 estimate."""
-    x = torch.randn(cond.shape, generator=g).to(cond.device)
-    z0 = x
-    for i, t in enumerate(schedule.timesteps):
-        eps = net(torch.cat([cond, x], dim=1), torch.full((x.shape[0],), float(t), device=x.device)).float()
-        x, z0 = schedule.step(x, eps, i)
-    return z0
 
 
 def main(argv=None) -> dict:
@@ -191,7 +173,7 @@ def main(argv=None) -> dict:
     else:
         train_timesteps = torch.arange(schedule.num_train_timesteps)
     snr_gamma = p.get("min_snr_gamma")
-    predicts_sample = component != "autoencoder" and model.config.prediction == "sample"
+    predicts_sample = component != "autoencoder" and model.config.prediction == "sample"  # the UNet returns z0
     if predicts_sample and snr_gamma:
         log.info("prediction: sample -> the loss is the z0 MSE; min_snr_gamma is not used")
 
@@ -218,13 +200,13 @@ def main(argv=None) -> dict:
                 noise = torch.randn(target.shape, generator=g).to(device)
                 t = train_timesteps[torch.randint(len(train_timesteps), (len(target),), generator=g)].to(device)
                 x_t = schedule.add_noise(target, noise, t)
-                eps = ddp_model(torch.cat([batch["cond"], x_t], dim=1), t.float())
-                if predicts_sample:
-                    loss = x0_mse(eps, x_t, target, t, schedule)
+                prediction = ddp_model(torch.cat([batch["cond"], x_t], dim=1), t.float())
+                if predicts_sample:  # the clean latent, without the x_t -> eps -> z0 round trip
+                    loss = F.mse_loss(prediction.float(), target.float())
                 elif snr_gamma:
-                    loss = weighted_eps_mse(eps, noise, t, schedule, snr_gamma)
+                    loss = weighted_eps_mse(prediction, noise, t, schedule, snr_gamma)
                 else:
-                    loss = eps_mse(eps, noise)
+                    loss = eps_mse(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = grad_norm_(model.parameters(), p.get("grad_clip"))
@@ -276,7 +258,10 @@ def log_samples(log: RunLogger, step: int, component: str, net, ae, fixed: dict,
         noise = torch.randn(net.encoder.noise_shape(images), generator=g).to(images.device)
         log.image(step, "samples/input_recon", image_grid([images, net.decode(net.encode(images, noise=noise))]))
         return
-    sample = ddim_sample(net, fixed["cond"], schedule.with_steps(int(p.get("sample_steps", 25))), g)
+    sample_schedule = schedule.with_steps(int(p.get("sample_steps", 25)))
+    z_T = torch.randn(fixed["cond"].shape, generator=g).to(fixed["cond"].device)
+    sample = ddim_sample(EpsilonDenoiser(net, net.config.prediction, schedule.alphas_cumprod), fixed["cond"], z_T,
+                         sample_schedule)
     target = fixed["clean"] if component == "ikr" else fixed["ir"]
     rows = [ae.decode_diffusion(z) for z in (fixed["cond"], sample, target)]
     log.image(step, "samples/cond_sample_target", image_grid(rows))

@@ -24,9 +24,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from magicfuse_core.checkpoint import load_state_dict_strict
+from magicfuse_core.denoiser import EpsilonDenoiser
 from magicfuse_core.losses import segmentation_loss, visual_loss
-from magicfuse_core.models.fusion import correct_weight, fuse_noise, radiation_mask, upsample_logits
-from magicfuse_core.palette import DEFAULT_THERMAL_CLASSES, class_ids, colorize
+from magicfuse_core.models.fusion import upsample_logits
+from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids, colorize
+from magicfuse_core.sampler import StreamState, fused_step
 from magicfuse_core.schedule import DDIMSchedule
 from training.builders import build_autoencoder, build_fusion, build_unet
 from training.checkpoints import load_trained_module, resume_if_any, save_checkpoint
@@ -41,54 +43,52 @@ from training.rng import step_generator
 from training.run_log import RunLogger, Throughput, image_grid
 
 
+def frozen(denoiser):
+    """A frozen denoiser as a callable that never builds a graph, even if its parameters were left
+    trainable: in Algorithm 1 only F and S learn."""
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return denoiser(x, t)
+    return call
+
+
 def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor, schedule: DDIMSchedule,
-                    stop_index: int, g: torch.Generator, *, tau: float = 0.4,
+                    stop_index: int, g: torch.Generator, *, tau: float = DEFAULT_TAU,
                     thermal_classes=DEFAULT_THERMAL_CLASSES, seg_weight: float = 1.0,
                     fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
     """The phase-2 loss of one batch (Algorithm 1, SPEC §5).
 
+    ikr, ckg: the frozen denoisers as the sampler calls them, `(x, t) -> eps`.
     cond: (B, 8, h, w) condition latent in [-1, 1]; mask: (B, 4h, 4w) class ids (255 = ignore).
-    `fusion` is called with gradients at `stop_index` only; `fusion_no_grad` (default: the same
-    net, e.g. the module inside DDP) runs the steps before it. Returns (loss, details) where
-    details holds the loss parts, the stream state x_t at the stop step and the decoded images.
+    The rollout is `fused_step`, the step inference samples with: steps 0 .. stop_index - 1
+    run without a graph, `fusion` runs with gradients at `stop_index` only; `fusion_no_grad`
+    (default: the same net, e.g. the module inside DDP) runs the steps before it. Returns
+    (loss, details) where details holds the loss parts, the stream state x_t at the stop
+    step and the decoded images.
     """
     fusion_no_grad = fusion_no_grad or fusion
     b = cond.shape[0]
     z_T = torch.randn(cond.shape, generator=g).to(cond.device)
-    s = torch.randn((b, fusion_no_grad.config.num_classes, *cond.shape[-2:]), generator=g).to(cond.device)
-    x_ikr = x_ckg = x_fused = z_T
-
-    def t_of(i: int) -> torch.Tensor:
-        return torch.full((b,), float(schedule.timesteps[i]), device=cond.device)
-
+    seg_T = torch.randn((b, fusion_no_grad.config.num_classes, *cond.shape[-2:]), generator=g).to(cond.device)
+    state = StreamState.start(z_T, seg_T)
+    ikr, ckg = frozen(ikr), frozen(ckg)
     with torch.no_grad():  # steps before the stop step: no graph at all
         for i in range(stop_index):
-            eps_ikr = ikr(torch.cat([cond, x_ikr], dim=1), t_of(i)).float()
-            eps_ckg = ckg(torch.cat([cond, x_ckg], dim=1), t_of(i)).float()
-            z0_ikr, z0_ckg = schedule.predict_x0(x_ikr, eps_ikr, i), schedule.predict_x0(x_ckg, eps_ckg, i)
-            w, s = fusion_no_grad(torch.cat([z0_ikr, z0_ckg, x_fused], dim=1), eps_ikr, eps_ckg, t_of(i), s)
-            eps_fused = fuse_noise(correct_weight(w.float(), radiation_mask(s, thermal_classes), tau), eps_ikr, eps_ckg)
-            x_ikr = schedule.next_sample(z0_ikr, eps_ikr, i)
-            x_ckg = schedule.next_sample(z0_ckg, eps_ckg, i)
-            x_fused = schedule.next_sample(schedule.predict_x0(x_fused, eps_fused, i), eps_fused, i)
-        # The stop step: the frozen denoisers still need no graph.
-        i = stop_index
-        eps_ikr = ikr(torch.cat([cond, x_ikr], dim=1), t_of(i)).float()
-        eps_ckg = ckg(torch.cat([cond, x_ckg], dim=1), t_of(i)).float()
-        z0_ikr, z0_ckg = schedule.predict_x0(x_ikr, eps_ikr, i), schedule.predict_x0(x_ckg, eps_ckg, i)
-        ikr_image, ckg_image = ae.decode_diffusion(torch.cat([z0_ikr, z0_ckg])).float().chunk(2)
-    # F and S with gradients, at the stop step only.
-    w, s_next = fusion(torch.cat([z0_ikr, z0_ckg, x_fused], dim=1), eps_ikr, eps_ckg, t_of(i), s)
-    w_r = correct_weight(w.float(), radiation_mask(s_next.detach(), thermal_classes), tau)
-    z0_fused = schedule.predict_x0(x_fused, fuse_noise(w_r, eps_ikr, eps_ckg), i)
-    fused_image = ae.decode_diffusion(z0_fused).float()  # the frozen decoder passes gradients to z0_fused
+            state = fused_step(ikr, ckg, fusion_no_grad, cond, state, schedule, i, tau=tau,
+                               thermal_classes=thermal_classes).next
+    # The stop step: F and S with gradients (the frozen denoisers still build no graph).
+    step = fused_step(ikr, ckg, fusion, cond, state, schedule, stop_index, tau=tau, thermal_classes=thermal_classes)
+    with torch.no_grad():
+        ikr_image, ckg_image = ae.decode_diffusion(torch.cat([step.z0_ikr, step.z0_ckg])).float().chunk(2)
+    fused_image = ae.decode_diffusion(step.z0_fused).float()  # the frozen decoder passes gradients to z0_fused
     vis_total, parts = visual_loss(fused_image, ikr_image, ckg_image)
-    seg = segmentation_loss(upsample_logits(s_next.float()), mask)
+    seg_next = step.next.seg_state
+    seg = segmentation_loss(upsample_logits(seg_next.float()), mask)
     loss = vis_total + seg_weight * seg
     details = {"visual": vis_total.detach(), "seg": seg.detach(), **{k: v.detach() for k, v in parts.items()},
-               "x_fused": x_fused, "x_ikr": x_ikr, "x_ckg": x_ckg, "stop_index": stop_index,
-               "images": (fused_image.detach(), ikr_image, ckg_image), "seg_logits": s_next.detach(),
-               "w_r": w_r.detach()}
+               "x_fused": state.x_fused, "x_ikr": state.x_ikr, "x_ckg": state.x_ckg, "stop_index": stop_index,
+               "images": (fused_image.detach(), ikr_image, ckg_image), "seg_logits": seg_next.detach(),
+               "w_r": step.w_r.detach()}
     return loss, details
 
 
@@ -101,14 +101,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def frozen_denoiser(checkpoint: str | None, spec: dict, seed: int):
-    """Ψ or Φ from its phase-1 checkpoint (EMA weights); random weights of `spec` without one (plumbing only)."""
+def frozen_denoiser(checkpoint: str | None, spec: dict, seed: int, schedule: DDIMSchedule) -> EpsilonDenoiser:
+    """Ψ or Φ from its phase-1 checkpoint (EMA weights), as the sampler calls it (`(x, t) -> eps` with
+    the training schedule); random weights of `spec` without one (plumbing only)."""
     if checkpoint:
         net = load_trained_module(repo_path(checkpoint))
     else:
         torch.manual_seed(seed)
         net = build_unet(spec)
-    return net.eval().requires_grad_(False)
+    net.eval().requires_grad_(False)
+    return EpsilonDenoiser(net, net.config.prediction, schedule.alphas_cumprod)
 
 
 def main(argv=None) -> dict:
@@ -123,14 +125,14 @@ def main(argv=None) -> dict:
     run_dir = repo_path(cfg["run_dir"]) / "fusion"
     log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
     log.info(f"phase 2: world size {ctx.world_size}, device {device}, config {args.config}")
-    tau = float(p.get("tau", 0.4))
+    tau = float(p.get("tau", DEFAULT_TAU))
     thermal_classes = class_ids(p.get("thermal_classes", DEFAULT_THERMAL_CLASSES))  # names or MFNet ids
 
     # ---- frozen networks, data -------------------------------------------------
     ae = build_autoencoder(cfg["autoencoder"]).to(device)
-    ikr = frozen_denoiser(p.get("ikr_checkpoint"), cfg["ikr"]["unet"], seed + 1).to(device)
-    ckg = frozen_denoiser(p.get("ckg_checkpoint"), cfg["ckg"]["unet"], seed + 2).to(device)
     schedule = DDIMSchedule(num_inference_steps=int(p.get("sampling_steps", 25)))
+    ikr = frozen_denoiser(p.get("ikr_checkpoint"), cfg["ikr"]["unet"], seed + 1, schedule).to(device)
+    ckg = frozen_denoiser(p.get("ckg_checkpoint"), cfg["ckg"]["unet"], seed + 2, schedule).to(device)
     cache = None
     if cfg["data"].get("latent_cache"):
         cache = get_latent_cache(cfg, ae, ctx, log.info)

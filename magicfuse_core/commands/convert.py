@@ -10,11 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# The paper's networks in the reference YAML keys (SPEC §3).
-PAPER_IKR = {"IN_CHANNELS": 16, "OUT_CHANNELS": 8, "MODEL_CHANNELS": 64, "NUM_HEADS": 4, "NUM_RES_BLOCKS": 2,
-             "ATTENTION_RESOLUTIONS": [4, 8], "CHANNEL_MULT": [1, 2, 4, 4]}
-PAPER_CKG = {**PAPER_IKR, "MODEL_CHANNELS": 256, "NUM_HEADS": 8, "ATTENTION_RESOLUTIONS": [4]}
-
 
 def register(sub) -> None:
     p = sub.add_parser("convert-official", help="convert the reference checkpoints into our format",
@@ -45,9 +40,10 @@ def read_reference_config(path: Path | None, default: dict) -> dict:
 
 
 def run(args) -> int:
-    from ..official import convert_official
+    from ..official import convert_official, paper_reference_config
 
-    out = convert_official(args.ae, args.ikr, read_reference_config(args.ikr_config, PAPER_IKR),
-                           args.ckg, read_reference_config(args.ckg_config, PAPER_CKG), args.fusion, args.out)
+    out = convert_official(args.ae, args.ikr, read_reference_config(args.ikr_config, paper_reference_config("ikr")),
+                           args.ckg, read_reference_config(args.ckg_config, paper_reference_config("ckg")),
+                           args.fusion, args.out)
     print(f"wrote {out} (autoencoder, ikr, ckg, fusion: safetensors + JSON, model.json)")
     return 0
