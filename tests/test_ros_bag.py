@@ -160,22 +160,3 @@ def test_cli_bag_make_and_replay(frames_dir, tmp_path, capsys, single_torch_thre
     assert cli_main(["bag", "replay", str(tmp_path / "in"), str(tmp_path / "out2"), "--tau", "3"]) == 2
     assert "invalid parameter 'tau'" in capsys.readouterr().err
 
-
-def test_warmup_runs_one_step_at_a_real_camera_size_not_a_toy_one():
-    """CUDA graphs, compiled graphs and ORT arenas are per shape: warm up where frames will run."""
-    from magicfuse_ros.params import load_param_file
-    from magicfuse_ros.processing import FrameProcessor
-
-    calls = []
-
-    class RecordingPipeline:
-        inference_size = None
-
-        def warmup(self, height, width, steps=None):
-            calls.append((height, width, steps))
-
-    params = load_param_file(None, {"model_path": "random-tiny"})
-    assert FrameProcessor(RecordingPipeline(), params).warmup() == (480, 640)
-    RecordingPipeline.inference_size = (240, 320)
-    FrameProcessor(RecordingPipeline(), params).warmup()
-    assert calls == [(480, 640, 1), (240, 320, 1)]
