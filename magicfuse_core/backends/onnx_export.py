@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -202,7 +203,11 @@ def export_model(model: MagicFuseModel, out_dir: str | Path, *, height: int, wid
         manifest["components"][component] = export_component(
             model, component, out_dir / f"{component}.onnx", height=height, width=width, batch=batch,
             opset=opset, dynamic_spatial=dynamic_spatial)
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    # Written last and atomically: a manifest that exists describes complete files (several
+    # processes, e.g. a node and a CLI run, may export the same model into the shared cache at once).
+    tmp = out_dir / f".{MANIFEST}.{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out_dir / MANIFEST)
     return manifest
 
 
