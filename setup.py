@@ -34,8 +34,11 @@ setup(
         "PyYAML",
         "jsonschema",
         "rosbags",
+        # backend "auto" runs ONNX Runtime on CPUs (without it: eager torch, said once at start-up)
+        "onnx",
+        "onnxruntime",
     ],
-    extras_require={"onnx": ["onnx", "onnxruntime"], "report": ["matplotlib"]},
+    extras_require={"report": ["matplotlib"]},
     zip_safe=True,
     maintainer="MagicFuse ROS developers",
     maintainer_email="magicfuse-ros@example.org",
