@@ -146,7 +146,12 @@ class MagicFusePipeline:
 
     # ---- construction -------------------------------------------------------
     def use_backend(self, spec: str = DEFAULT_BACKEND, **opts) -> "MagicFusePipeline":
-        """Run the networks on backend `spec` (see `magicfuse_core.backends`); returns self."""
+        """Run the networks on backend `spec` (see `magicfuse_core.backends`); returns self.
+
+        The pipeline owns its model: a reduced-precision torch backend converts the model's
+        networks in place (one copy of Φ's weights on the device, not two), and a backend that
+        needs fp32 weights (an ONNX export) converts them back, with a warning that the precision
+        already lost stays lost. `backend_info` says what runs and why."""
         hooks, info = build_hooks(self.model, self.device, spec, inference_size=self.inference_size, **opts)
         self.ikr_denoiser, self.ckg_denoiser, self.fusion_net = hooks["ikr"], hooks["ckg"], hooks["fusion"]
         self.encoder, self.decoder = hooks["encoder"], hooks["decoder"]

@@ -99,7 +99,7 @@ def load_and_warm_up(params: MagicFuseParams, info=print, warn=print) -> "FrameP
     started = time.monotonic()
     pipeline = load_pipeline(params, log=info)
     info(f"model ready in {time.monotonic() - started:.1f} s on {pipeline.device}")
-    if not getattr(pipeline, "trained", True):
+    if not pipeline.trained:
         warn("the networks are untrained (random weights): outputs exercise the plumbing only")
     processor = FrameProcessor(pipeline, params)
     if params.warmup:
@@ -161,7 +161,7 @@ class FrameProcessor:
     def warmup(self) -> tuple[int, int]:
         """One one-step run at the pipeline's inference size (or DEFAULT_WARMUP_SIZE); returns the size used.
         One step is enough: every network sees its real shapes in it."""
-        height, width = getattr(self.pipeline, "inference_size", None) or DEFAULT_WARMUP_SIZE
+        height, width = self.pipeline.inference_size or DEFAULT_WARMUP_SIZE
         self.pipeline.warmup(height, width, steps=1)
         return height, width
 
