@@ -141,7 +141,9 @@ def main() -> int:
             subprocess.run(["git", "worktree", "add", "--detach", str(anchor_dir), args.anchor], cwd=REPO, check=True,
                            capture_output=True)
             try:
-                anchor_env = {**env, "PYTHONPATH": str(anchor_dir)}
+                # The anchor with its own bundled model and settings (model.json: 25 steps).
+                anchor_env = {**env, "PYTHONPATH": str(anchor_dir),
+                              "MAGICFUSE_MODEL": str(anchor_dir / "models" / "demo")}
                 report["rows"].append(per_frame(f"anchor {args.anchor}: magicfuse fuse (25 steps, torch, 3 decodes)",
                                                 lambda src, out: [*now, str(src), "--out", str(out)],
                                                 frames_dir, one_dir, args.frames, anchor_env, anchor_dir))
