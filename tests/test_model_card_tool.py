@@ -53,3 +53,17 @@ def test_ratio_target_missed_is_named_with_its_number(tool, results):
     assert "- Check not met: MagImg keeps >= 0.97 of IKR-only's MI (full res) (ratio 0.500)." in text
     assert "MagImg / IKR | 0.500 |" in text
     assert "Check not met: MagImg keeps >= 0.97 of IKR-only's Qabf" not in text
+
+
+def test_quality_targets_are_checks_with_their_numbers(tool, results):
+    good = copy.deepcopy(results)
+    good["contrast"]["person"][card.MAGIMG] = 12.0
+    good["segmentation"]["person_IoU"], good["segmentation"]["outside_object_fraction"] = 0.4, 0.02
+    assert "Check not met: MagImg person contrast" not in tool.model_card(good, Path("grid.png"))
+    bad = copy.deepcopy(good)
+    bad["contrast"]["person"][card.MAGIMG] = 3.0
+    bad["segmentation"]["outside_object_fraction"] = 0.2
+    text = tool.model_card(bad, Path("grid.png"))
+    assert "- Check not met: MagImg person contrast >= +10 grey levels (+3.0)." in text
+    assert "- Check not met: at most 5 % of the pixels outside every box labelled car, person or bike (20.0 %)." in text
+    assert "Check not met: S person IoU" not in text

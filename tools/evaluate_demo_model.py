@@ -235,6 +235,18 @@ def checks_of(r: dict) -> list[tuple[str, bool, str]]:
     for k, ratio in r["ratios"].items():
         checks.append((f"MagImg keeps >= {card.RATIO_TARGET:g} of IKR-only's {k} (full res)",
                        math.isfinite(ratio) and ratio >= card.RATIO_TARGET, f"ratio {fmt(ratio)}"))
+    seg = r["segmentation"]
+    checks.append((f"MagImg person contrast >= +{card.PERSON_CONTRAST_TARGET:g} grey levels",
+                   pc[card.MAGIMG] >= card.PERSON_CONTRAST_TARGET, f"{signed(pc[card.MAGIMG])}"))
+    checks.append((f"S person IoU against the IR silhouettes >= {card.PERSON_IOU_TARGET:g}",
+                   seg["person_IoU"] >= card.PERSON_IOU_TARGET, f"{fmt(seg['person_IoU'])}"))
+    checks.append((f"at most {100 * card.OUTSIDE_OBJECT_MAX:g} % of the pixels outside every box labelled car, person or bike",
+                   seg["outside_object_fraction"] <= card.OUTSIDE_OBJECT_MAX,
+                   f"{100 * seg['outside_object_fraction']:.1f} %"))
+    for k, ref in card.CKG_REFERENCE.items():
+        got = sim["CKG (generated IR)"][k]
+        checks.append((f"CKG against the real IR at least as good as the 25-step release ({k})", got >= ref,
+                       f"{fmt(got)} vs {fmt(ref)}"))
     return checks
 
 

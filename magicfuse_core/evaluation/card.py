@@ -35,6 +35,12 @@ CONTRASTS: tuple[str, ...] = ("person", "hottest")
 # fusing in thermal knowledge must not cost the visible detail.
 RATIO_METRICS: tuple[str, ...] = ("MI", "Qabf", "VIF")
 RATIO_TARGET = 0.97
+# The quality targets of the bundled model (issue 14), on MSRS val with this protocol.
+PERSON_CONTRAST_TARGET = 10.0      # grey levels, MagImg
+PERSON_IOU_TARGET = 0.30           # S against the infrared-silhouette person masks
+OUTSIDE_OBJECT_MAX = 0.05          # pixels outside every box labelled car, person or bike
+# The CKG image must stay at least as close to the real IR as the 25-step release (commit 96b52f3).
+CKG_REFERENCE = {"PSNR": 19.16, "SSIM": 0.579, "CC": 0.193}
 RADIATION_KEYS: tuple[str, ...] = ("person-box pixels labelled person (%)", "mean w_r inside person boxes",
                                    "mean w_r elsewhere")
 
