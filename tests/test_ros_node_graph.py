@@ -165,3 +165,19 @@ def test_opt_in_age_check_follows_sim_time(client, tmp_path):
         client.node.destroy_publisher(clock_pub)
         assert process.stop() == 0
         harness.close()
+
+
+def test_default_processes_any_stamp_under_sim_time_even_before_clock_arrives(client, tmp_path):
+    """use_sim_time with no /clock yet (a bag not playing): the node's clock reads 0, every frame still goes out."""
+    process = NodeProcess(namespace=unique_namespace("sim_default"), domain_id=DOMAIN, log_dir=tmp_path,
+                          overrides={**TINY_NODE, "use_sim_time": True})
+    harness = Harness(client, process).start()
+    try:
+        host = client.node.get_clock().now().nanoseconds
+        processed = _send_stamped(harness, {"zero": 0, "host": host, "hour_ago": host - HOUR_NS,
+                                            "in_an_hour": host + HOUR_NS})
+        assert processed == {"zero": True, "host": True, "hour_ago": True, "in_an_hour": True}
+        assert harness.fresh_counters()["dropped_stale"] == 0
+    finally:
+        assert process.stop() == 0
+        harness.close()
