@@ -2,7 +2,7 @@
 
 One definition, written over the three channel planes, so it serves both array
 types: Y = 0.299 R + 0.587 G + 0.114 B, Cb = (B - Y) 0.564 + 0.5,
-Cr = (R - Y) 0.713 + 0.5 (SPEC §5). For RGB in [0, 1] all three are in [0, 1].
+Cr = (R - Y) 0.713 + 0.5 (the paper's visual loss). For RGB in [0, 1] all three are in [0, 1].
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Paired visible/infrared training data from a folder (issue 4 part 1).
+"""Paired visible/infrared training data from a folder.
 
 Folder layout (NAME is a file stem; any extension of `IMAGE_EXTENSIONS`):
 

@@ -1,4 +1,4 @@
-"""Seeded synthesis of degraded visible images (SPEC §5, issue 4 part 2).
+"""Seeded synthesis of degraded visible images (low light, haze, noise and their compositions, as the paper trains with).
 
 Ψ learns degraded -> clean visible and Φ degraded visible -> infrared, so both
 need degraded inputs made from clean frames. Five kinds of degradation, each a
@@ -32,7 +32,7 @@ import numpy as np
 from .color import to_uint8
 
 KINDS: tuple[str, ...] = ("lowlight", "haze", "noise", "blur", "jpeg")
-# The kinds the paper names (SPEC §5); a random composition contains at least one.
+# The kinds the paper names; a random composition contains at least one.
 PRIMARY_KINDS: tuple[str, ...] = ("lowlight", "haze", "noise")
 # Physical order of a composition: scene (haze) -> optics/motion (blur) ->
 # sensor (low light with its shot/read noise, extra noise) -> codec (jpeg).

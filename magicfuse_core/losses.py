@@ -1,4 +1,4 @@
-"""Training losses (SPEC §5).
+"""Training losses of the two MagicFuse training phases.
 
 - Phase 1: `eps_mse`, the epsilon-prediction MSE of Ψ and Φ.
 - Phase 2: `visual_loss` on the decoded fused / IKR / CKG images (contrast,
@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from .color import ycbcr_from_planes
 from .palette import IGNORE_INDEX
 
-# Weights of the visual terms (SPEC §5).
+# Weights of the visual terms (the paper's: contrast 6, texture 10, colour 5 + 5).
 CONTRAST_WEIGHT = 6.0
 TEXTURE_WEIGHT = 10.0
 COLOR_WEIGHT = 5.0  # applied to Cr and to Cb separately
-# Cross-entropy class weights for MFNet ids 0..8 (SPEC §5): rare classes weigh more.
+# Cross-entropy class weights for MFNet ids 0..8 (the reference's): rare classes weigh more.
 MFNET_CLASS_WEIGHTS: tuple[float, ...] = (0.4, 0.8, 1.0, 2.0, 4.0, 1.8, 1.8, 1.5, 1.5)
 
 _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
@@ -80,7 +80,7 @@ def visual_loss(fused: torch.Tensor, ikr: torch.Tensor, ckg: torch.Tensor,
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                       class_weights: tuple[float, ...] | torch.Tensor = MFNET_CLASS_WEIGHTS) -> torch.Tensor:
-    """Class-weighted cross-entropy (SPEC §5).
+    """Class-weighted cross-entropy (the reference's class weights).
 
     logits: (B, C, h, w) raw scores (C = 9 for MFNet); bilinearly up-sampled to
         the target size when smaller (the head works at latent size, H/4 x W/4).

@@ -1,4 +1,4 @@
-"""Import of the authors' released checkpoints (reference layouts, SPEC §2-4).
+"""Import of the authors' released checkpoints (the reference implementation's layouts).
 
     ae = load_autoencoder("ae.pth")
     ikr = load_denoiser("ikr.pth", {"MODEL_CHANNELS": 64, "NUM_HEADS": 4, ...})

@@ -1,4 +1,4 @@
-"""MFNet semantic classes (SPEC §1) and their colour palette."""
+"""MFNet semantic classes (the 9 the paper segments) and their colour palette."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +29,7 @@ IGNORE_INDEX = 255
 
 # Classes that are hot in the thermal band; the reference uses {person}.
 DEFAULT_THERMAL_CLASSES: tuple[int, ...] = (MFNET_CLASSES.index("person"),)
-# Cap on the visible stream's weight inside the radiation map: the paper's best value (SPEC §4).
+# Cap on the visible stream's weight inside the radiation map: the paper's best value.
 DEFAULT_TAU = 0.4
 
 

@@ -1,4 +1,4 @@
-"""The shared-noise fused sampler (SPEC §3-4): plain functions over denoisers.
+"""The shared-noise fused sampler of MagicFuse: plain functions over denoisers.
 
 Three streams start from ONE Gaussian z_T and step in lock-step:
 IKR (restored visible), CKG (generated infrared) and the fused stream, whose
@@ -63,7 +63,7 @@ def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_
                state: StreamState, schedule: DDIMSchedule, index: int, *, tau: float = DEFAULT_TAU,
                thermal_classes=DEFAULT_THERMAL_CLASSES) -> StepOutput:
     """Step `index` of `schedule.timesteps`: three estimates, one weight, the radiation
-    correction, one fused DDIM step (SPEC §4).
+    correction, one fused DDIM step (the paper's multi-domain knowledge fusion).
 
     cond_latent: (B, 8, h, w) = 2 E(degraded) - 1. `fusion_net(x24, eps_ikr, eps_ckg, t, s)`
     returns (w, s_next). Gradients flow wherever the callables let them (phase 2 runs

@@ -1,4 +1,4 @@
-"""Noise schedule and deterministic DDIM coefficients (SPEC §3).
+"""Noise schedule and deterministic DDIM coefficients (the paper's: linear betas, T = 1000, 25 DDIM steps).
 
 A tiny pure object in the spirit of a diffusers scheduler: it holds the
 alpha_bar table, turns "N steps" into a timestep list once, and its `step`
@@ -16,7 +16,7 @@ import torch
 class DDIMSchedule:
     """Linear-beta schedule with a strided deterministic (eta = 0) DDIM sampler.
 
-    `beta_schedule="linear"` spaces the betas linearly in beta, as SPEC §3 states
+    `beta_schedule="linear"` spaces the betas linearly in beta, as the MagicFuse paper states
     ("linear betas from 0.00085 to 0.012"); "scaled_linear" spaces them linearly
     in sqrt(beta) (the latent-diffusion convention) and is kept for users who
     train with it. The reference fixtures decide which one the released code used

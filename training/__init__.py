@@ -1,4 +1,4 @@
-"""Training entry points (issue 4): phase 1 (autoencoder, IKR Ψ, CKG Φ) and phase 2 (fusion F + segmentation S).
+"""Training entry points: phase 1 (autoencoder, IKR Ψ, CKG Φ) and phase 2 (fusion F + segmentation S).
 
     python -m training.phase1 --config training/configs/cpu_smoke.yaml --component ikr
     python -m training.phase2 --config training/configs/cpu_smoke.yaml

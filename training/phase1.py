@@ -1,4 +1,4 @@
-"""Phase 1 (SPEC §5): train the autoencoder, the IKR denoiser Ψ or the CKG denoiser Φ.
+"""Phase 1 of the paper's training: train the autoencoder, the IKR denoiser Ψ or the CKG denoiser Φ.
 
     python -m training.phase1 --config training/configs/cpu_smoke.yaml --component ikr
     torchrun --nproc_per_node 8 -m training.phase1 --config training/configs/gpu_20min.yaml --component ckg

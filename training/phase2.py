@@ -1,4 +1,4 @@
-"""Phase 2 (SPEC §5, Algorithm 1): train the fusion network F and its segmentation head S.
+"""Phase 2 (the paper's Algorithm 1): train the fusion network F and its segmentation head S.
 
     python -m training.phase2 --config training/configs/cpu_smoke.yaml
     torchrun --nproc_per_node 8 -m training.phase2 --config training/configs/gpu_20min.yaml
@@ -56,7 +56,7 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
                     stop_index: int, g: torch.Generator, *, tau: float = DEFAULT_TAU,
                     thermal_classes=DEFAULT_THERMAL_CLASSES, seg_weight: float = 1.0,
                     fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
-    """The phase-2 loss of one batch (Algorithm 1, SPEC §5).
+    """The phase-2 loss of one batch (the paper's Algorithm 1).
 
     ikr, ckg: the frozen denoisers as the sampler calls them, `(x, t) -> eps`.
     cond: (B, 8, h, w) condition latent in [-1, 1]; mask: (B, 4h, 4w) class ids (255 = ignore).
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
             fusion.estimate[-1].bias.fill_(float(p["init_weight"]))
     log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
              f"config {fusion.config.to_dict()}")
-    # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the SPEC).
+    # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the paper).
     seg_lr_scale = float(p.get("seg_lr_scale", 1.0))
     if seg_lr_scale <= 0:
         raise ValueError(f"phase2.seg_lr_scale must be > 0, got {seg_lr_scale}")
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
     trunk_params = [q for q in fusion.parameters() if id(q) not in own]
     groups = [{"params": weight_params, "lr": p["lr"] * weight_lr_scale}, {"params": trunk_params, "lr": p["lr"]},
               {"params": seg_params, "lr": p["lr"] * seg_lr_scale}]
-    # SGD is the SPEC's; AdamW scales each parameter's step by its own gradient history, which a short
+    # SGD is the paper's; AdamW scales each parameter's step by its own gradient history, which a short
     # budget needs: the weight head's visual-loss gradients are ~0.1-0.5, too small for SGD at lr 1e-3.
     kind = p.get("optimizer", "sgd")
     if kind == "sgd":
@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
     elif kind == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=p["lr"], weight_decay=p.get("weight_decay", 1e-4))
     else:
-        raise ValueError(f"phase2.optimizer must be sgd (SPEC) or adamw, got {kind!r}")
+        raise ValueError(f"phase2.optimizer must be sgd (the paper's) or adamw, got {kind!r}")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
                                                 gamma=float(p.get("lr_gamma", 0.5)))
     ema = EMA(fusion, p.get("ema_decay", 0.0))

@@ -35,7 +35,7 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendInfo", "BackendUnavailable", "
 log = logging.getLogger(__name__)
 
 # What `auto` picks on CUDA: bf16 weights (GroupNorm and the eps conversion stay fp32), NHWC
-# convolutions and one CUDA graph per network and input shape (SPEC §7: the step loop issues
+# convolutions and one CUDA graph per network and input shape (docs/PERFORMANCE.md: the step loop issues
 # tens of thousands of small kernels).
 CUDA_FAST_PATH = {"precision": "bf16", "channels_last": True, "cuda_graph": True}
 

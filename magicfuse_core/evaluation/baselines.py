@@ -11,7 +11,7 @@ Model-card references (single-image, no real IR):
 - `clahe`: contrast-limited adaptive histogram equalisation of the degraded frame's
   luma, the classical CPU answer to a dark or hazy frame;
 - `image_level_fusion`: the IKR and CKG outputs fused after sampling (luma max,
-  IKR chroma), the paper's "fuse after sampling" ablation (SPEC section 6).
+  IKR chroma), the MagicFuse paper's "fuse after sampling" ablation.
 
 All images are uint8; YCbCr is the one definition of `magicfuse_core.color`.
 """

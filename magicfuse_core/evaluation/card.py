@@ -35,7 +35,7 @@ CONTRASTS: tuple[str, ...] = ("person", "hottest")
 # fusing in thermal knowledge must not cost the visible detail.
 RATIO_METRICS: tuple[str, ...] = ("MI", "Qabf", "VIF")
 RATIO_TARGET = 0.97
-# The quality targets of the bundled model (issue 14), on MSRS val with this protocol.
+# The quality targets of the bundled model, on MSRS val with this protocol (docs/MODEL_CARD.md).
 PERSON_CONTRAST_TARGET = 10.0      # grey levels, MagImg
 PERSON_IOU_TARGET = 0.30           # S against the infrared-silhouette person masks
 OUTSIDE_OBJECT_MAX = 0.05          # pixels outside every box labelled car, person or bike

@@ -1,4 +1,4 @@
-"""The shared latent autoencoder (SPEC §2).
+"""The shared latent autoencoder (the layout of the authors' released ae.pth).
 
 RGB in [0, 1] -> 8-channel latent at H/4 x W/4 in [0, 1] (sigmoid) -> RGB in [0, 1].
 Diffusion works on 2z - 1; `to_diffusion` / `from_diffusion` do that mapping.

@@ -1,4 +1,4 @@
-"""Multi-domain knowledge fusion network F with its segmentation head S (SPEC §4).
+"""Multi-domain knowledge fusion network F with its segmentation head S (the paper's MKF).
 
 At every DDIM step F sees the two streams' clean-latent estimates, the fused
 stream's current sample and both predicted noises, and returns a per-pixel

@@ -1,8 +1,8 @@
-"""Conditional latent-diffusion UNet: the IKR denoiser Psi and the CKG denoiser Phi (SPEC §3).
+"""Conditional latent-diffusion UNet: the IKR denoiser Psi and the CKG denoiser Phi (latent-diffusion UNet).
 
 Input: concat(condition latent, x_t) -> (B, 16, h, w) in the [-1, 1] diffusion space,
 float timesteps t (B,); output (B, 8, h, w): what the network was trained to predict,
-recorded in `config.prediction` — the noise ("epsilon", SPEC and the paper) or the clean
+recorded in `config.prediction` — the noise ("epsilon", the paper) or the clean
 latent ("sample", our small models). The network only records it: the conversion to the
 noise the sampler expects belongs to the sampling side (`magicfuse_core.denoiser`), with
 the schedule the model was trained with.
@@ -37,7 +37,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (4, 8)
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     groups: int = 32
-    prediction: str = "epsilon"  # what the trained net predicts: "epsilon" (SPEC, the paper) or "sample" (z0)
+    prediction: str = "epsilon"  # what the trained net predicts: "epsilon" (the paper) or "sample" (z0)
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
