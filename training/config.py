@@ -10,6 +10,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
+# What both phases read from a config's top level and `data` section, with the value when it is unset.
+RUN_DEFAULTS = {"seed": 0, "threads": None, "device": "auto", "ddp_timeout_min": None, "tensorboard": True}
+DATA_DEFAULTS = {"latent_cache": None, "num_workers": 0, "split": "train", "scale": None, "latent_crop": None}
+
+
+def with_defaults(section: dict, defaults: dict) -> dict:
+    """`defaults` overridden by what the config section sets (keys the defaults lack pass through)."""
+    return {**defaults, **section}
+
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     """YAML config -> dict; `overrides` are "a.b.c=value" strings (value parsed as YAML).

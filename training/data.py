@@ -1,4 +1,4 @@
-"""Training data from a config: the paired-frame dataset, resizing, and encoding into the diffusion space."""
+"""Training data from a config: the paired-frame dataset, resumable endless batches, resizing, and encoding into the diffusion space."""
 from __future__ import annotations
 
 import torch
@@ -47,3 +47,21 @@ def encode(ae: Autoencoder, images: torch.Tensor, generator: torch.Generator | N
     """(B, 3, H, W) in [0, 1] -> (B, 8, H/4, W/4) in the [-1, 1] diffusion space (encoder noise from `generator`)."""
     noise = torch.randn(ae.encoder.noise_shape(images), generator=generator, device="cpu").to(images.device)
     return ae.to_diffusion(ae.encode(images, noise=noise))
+
+
+def image_batches(loader, sampler, dataset, start_step: int):
+    """Endless batches of a DataLoader, resumable: step s is batch (s mod len) of epoch (s // len)."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} frames give no full batch of {loader.batch_size} per process: "
+                         "lower batch_size or add data")
+    step = start_step
+    while True:
+        epoch, skip = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if i < skip:
+                continue
+            yield batch
+            step += 1

@@ -32,8 +32,8 @@ from magicfuse_core.sampler import ddim_sample
 from magicfuse_core.schedule import DDIMSchedule
 from training.builders import build_autoencoder, build_unet
 from training.checkpoints import resume_if_any, save_checkpoint
-from training.config import load_config, repo_path
-from training.data import encode, make_dataset, resize_images
+from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
+from training.data import encode, image_batches, make_dataset, resize_images
 from training.distributed import autocast, cleanup_distributed, setup_distributed
 from training.ema import EMA
 from training.latent_cache import get_latent_cache, object_crop_prob
@@ -42,6 +42,21 @@ from training.rng import step_generator
 from training.run_log import RunLogger, Throughput, image_grid
 
 COMPONENTS = ("autoencoder", "ikr", "ckg")
+# ---- defaults: every phase1 setting a config may leave out, and its value then (batch_size, lr, max_steps,
+# log_every and ckpt_every are required). A component's own section (phase1.ckg: {...}) overrides these.
+PHASE1_DEFAULTS = {
+    "betas": (0.9, 0.999),
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "ema_decay": 0.999,
+    "grad_clip": None,             # None: no clipping, only the norm is logged
+    "train_timesteps": "all",      # "all" 1000 timesteps, or "sampler": the 25 DDIM ones only
+    "min_snr_gamma": None,         # Min-SNR-γ weights for ε-prediction; None: plain ε-MSE
+    "latent_crop": "data",         # "data": data.latent_crop
+    "time_budget_min": 0,          # 0: no time budget
+    "sample_every": 0,             # 0: no sample grids
+    "sample_steps": 25,
+}
 
 
 class Reconstruction(torch.nn.Module):
@@ -66,24 +81,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def image_batches(loader, sampler, dataset, start_step: int):
-    """Endless batches of a DataLoader, resumable: step s is batch (s mod len) of epoch (s // len)."""
-    per_epoch = len(loader)
-    if per_epoch == 0:
-        raise ValueError(f"{len(dataset)} frames give no full batch of {loader.batch_size} per process: "
-                         "lower batch_size or add data")
-    step = start_step
-    while True:
-        epoch, skip = divmod(step, per_epoch)
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        for i, batch in enumerate(loader):
-            if i < skip:
-                continue
-            yield batch
-            step += 1
-
-
 def weighted_eps_mse(eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: DDIMSchedule,
                      gamma: float) -> torch.Tensor:
     """ε-MSE with Min-SNR-γ weights min(1, γ / SNR_t), SNR_t = ᾱ_t / (1 - ᾱ_t).
@@ -101,22 +98,23 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
     component = args.component
-    p = {k: v for k, v in cfg["phase1"].items() if k not in COMPONENTS}
+    run, data = with_defaults(cfg, RUN_DEFAULTS), with_defaults(cfg["data"], DATA_DEFAULTS)
+    p = with_defaults({k: v for k, v in cfg["phase1"].items() if k not in COMPONENTS}, PHASE1_DEFAULTS)
     p.update(cfg["phase1"].get(component) or {})  # per-component overrides, e.g. phase1.ckg.lr
-    seed = int(cfg.get("seed", 0))
-    if cfg.get("threads"):  # small convs on a shared CPU run faster on fewer threads
-        torch.set_num_threads(int(cfg["threads"]))
-    ctx = setup_distributed(cfg.get("device", "auto"), cfg.get("ddp_timeout_min"))
+    seed = int(run["seed"])
+    if run["threads"]:  # small convs on a shared CPU run faster on fewer threads
+        torch.set_num_threads(int(run["threads"]))
+    ctx = setup_distributed(run["device"], run["ddp_timeout_min"])
     device = ctx.device
     run_dir = repo_path(cfg["run_dir"]) / component
-    log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
+    log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
     log.info(f"phase 1 {component}: world size {ctx.world_size}, device {device}, config {args.config}")
 
     # ---- data -----------------------------------------------------------------
     schedule = DDIMSchedule()
     ae = None if component == "autoencoder" else build_autoencoder(cfg["autoencoder"]).to(device)
     cache = None
-    if ae is not None and cfg["data"].get("latent_cache"):
+    if ae is not None and data["latent_cache"]:
         cache = get_latent_cache(cfg, ae, ctx, log.info)
         log.info(f"latent cache: {len(cache)} frames x {cache.degraded.shape[1]} degradations, "
                  f"latents {tuple(cache.clean.shape[-2:])}")
@@ -125,8 +123,8 @@ def main(argv=None) -> dict:
         # Also with one process: its order is a function of (seed, epoch), which exact resume needs.
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=p["batch_size"], sampler=sampler, drop_last=True,
-                            num_workers=int(cfg["data"].get("num_workers", 0)), persistent_workers=False)
-        log.info(f"dataset: {len(dataset)} frames from {dataset.root} ({cfg['data'].get('split', 'train')})")
+                            num_workers=int(data["num_workers"]), persistent_workers=False)
+        log.info(f"dataset: {len(dataset)} frames from {dataset.root} ({data['split']})")
 
     # ---- model, optimizer -----------------------------------------------------
     torch.manual_seed(seed)  # identical initial weights on every rank
@@ -137,11 +135,11 @@ def main(argv=None) -> dict:
     model.to(device).train()
     n_params = sum(p_.numel() for p_ in model.parameters())
     log.info(f"{type(model).__name__}: {n_params / 1e6:.2f} M parameters, config {model.config.to_dict()}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=tuple(p.get("betas", (0.9, 0.999))),
-                                  weight_decay=p.get("weight_decay", 0.0))
-    warmup = max(int(p.get("warmup_steps", 0)), 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=tuple(p["betas"]),
+                                  weight_decay=p["weight_decay"])
+    warmup = max(int(p["warmup_steps"]), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    ema = EMA(model, p.get("ema_decay", 0.999))
+    ema = EMA(model, p["ema_decay"])
 
     # wall_before: wall time of the runs this one resumes
     step, wall_before = resume_if_any(run_dir, args.fresh, log, ctx=ctx, seed=seed, model=model, optimizer=optimizer,
@@ -150,7 +148,7 @@ def main(argv=None) -> dict:
     ddp_model = DistributedDataParallel(trained) if ctx.enabled else trained
     if cache is None:
         batches = image_batches(loader, sampler, dataset, step)
-    latent_crop = p.get("latent_crop", cfg["data"].get("latent_crop"))
+    latent_crop = data["latent_crop"] if p["latent_crop"] == "data" else p["latent_crop"]
     focus = object_crop_prob(p, cache)  # crops centred on labelled objects (people: ~2 % of the pixels)
 
     def next_batch(step: int, g: torch.Generator) -> dict:
@@ -159,7 +157,7 @@ def main(argv=None) -> dict:
             return {k: v.to(device) for k, v in batch.items()}
         batch = {k: v.to(device) for k, v in next(batches).items()}
         for k in ("degraded", "clean", "ir"):
-            batch[k] = resize_images(batch[k], cfg["data"].get("scale"))
+            batch[k] = resize_images(batch[k], data["scale"])
         if component == "autoencoder":
             return batch
         images = torch.cat([batch["degraded"], batch["clean"] if component == "ikr" else batch["ir"]])
@@ -168,18 +166,18 @@ def main(argv=None) -> dict:
 
     # Which t the denoiser is trained on: all 1000 (the standard), or only the DDIM steps the sampler
     # visits ("sampler": 40x more training per visited t, what a small CPU budget needs).
-    if p.get("train_timesteps", "all") == "sampler":
+    if p["train_timesteps"] == "sampler":
         train_timesteps = torch.tensor(schedule.timesteps)
     else:
         train_timesteps = torch.arange(schedule.num_train_timesteps)
-    snr_gamma = p.get("min_snr_gamma")
+    snr_gamma = p["min_snr_gamma"]
     predicts_sample = component != "autoencoder" and model.config.prediction == "sample"  # the UNet returns z0
     if predicts_sample and snr_gamma:
         log.info("prediction: sample -> the loss is the z0 MSE; min_snr_gamma is not used")
 
     # ---- loop -----------------------------------------------------------------
     max_steps = int(p["max_steps"])
-    budget_s = float(p.get("time_budget_min") or 0) * 60
+    budget_s = float(p["time_budget_min"] or 0) * 60
     t_start, meter, losses = time.time(), Throughput(), []
     fixed = None  # the batch the sample grids show
     bar = tqdm(total=max_steps, initial=step, disable=args.no_progress or not ctx.is_main, dynamic_ncols=True,
@@ -209,7 +207,7 @@ def main(argv=None) -> dict:
                     loss = eps_mse(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = grad_norm_(model.parameters(), p.get("grad_clip"))
+        gnorm = grad_norm_(model.parameters(), p["grad_clip"])
         optimizer.step()
         scheduler.step()
         ema.update(model)
@@ -226,7 +224,7 @@ def main(argv=None) -> dict:
             bar.set_postfix(loss=f"{scalars['loss']:.4f}", it_s=f"{scalars['steps_per_s']:.2f}")
             log.info(f"step {step} loss {scalars['loss']:.5f} grad {gnorm:.3f} lr {scalars['lr']:.2e} "
                      f"{scalars['steps_per_s']:.2f} it/s {scalars['samples_per_s']:.1f} samples/s")
-        if ctx.is_main and p.get("sample_every") and step % p["sample_every"] == 0:
+        if ctx.is_main and p["sample_every"] and step % p["sample_every"] == 0:
             log_samples(log, step, component, ema.copy_to(model).eval(), ae, fixed, schedule, p, seed)
         out_of_time = budget_s and time.time() - t_start > budget_s
         if ctx.enabled:  # every rank stops at the same step
@@ -258,7 +256,7 @@ def log_samples(log: RunLogger, step: int, component: str, net, ae, fixed: dict,
         noise = torch.randn(net.encoder.noise_shape(images), generator=g).to(images.device)
         log.image(step, "samples/input_recon", image_grid([images, net.decode(net.encode(images, noise=noise))]))
         return
-    sample_schedule = schedule.with_steps(int(p.get("sample_steps", 25)))
+    sample_schedule = schedule.with_steps(int(p["sample_steps"]))
     z_T = torch.randn(fixed["cond"].shape, generator=g).to(fixed["cond"].device)
     sample = ddim_sample(EpsilonDenoiser(net, net.config.prediction, schedule.alphas_cumprod), fixed["cond"], z_T,
                          sample_schedule)

@@ -32,15 +32,40 @@ from magicfuse_core.sampler import StreamState, fused_step
 from magicfuse_core.schedule import DDIMSchedule
 from training.builders import build_autoencoder, build_fusion, build_unet
 from training.checkpoints import load_trained_module, resume_if_any, save_checkpoint
-from training.config import load_config, repo_path
-from training.data import encode, make_dataset, resize_images, resize_mask
+from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
+from training.data import encode, image_batches, make_dataset, resize_images, resize_mask
 from training.distributed import autocast, cleanup_distributed, setup_distributed
 from training.ema import EMA
 from training.latent_cache import get_latent_cache, object_crop_prob
 from training.optim import grad_norm_
-from training.phase1 import image_batches
 from training.rng import step_generator
 from training.run_log import RunLogger, Throughput, image_grid
+
+
+# ---- defaults: every phase2 setting a config may leave out, and its value then (batch_size, lr, max_steps,
+# log_every and ckpt_every are required).
+PHASE2_DEFAULTS = {
+    "ikr_checkpoint": None,        # Ψ / Φ: a phase-1 last.pt or an exported *.safetensors; None: random (plumbing)
+    "ckg_checkpoint": None,
+    "init_fusion": None,           # fine-tune a trained F/S (a last.pt or an exported fusion.safetensors)
+    "init_weight": None,           # start F from w = this everywhere (1: the IKR stream)
+    "sampling_steps": 25,          # DDIM steps of the rollouts, recorded in the exported model
+    "tau": DEFAULT_TAU,
+    "thermal_classes": DEFAULT_THERMAL_CLASSES,
+    "optimizer": "sgd",            # the paper's; or adamw
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "lr_step": 10,                 # StepLR(lr_step, lr_gamma), in optimizer steps
+    "lr_gamma": 0.5,
+    "seg_lr_scale": 1.0,           # the segmentation head's lr factor
+    "weight_lr_scale": 1.0,        # the weight head's lr factor; 0 freezes it
+    "grad_clip": None,             # per path: the weight head, and the trunk + S
+    "ema_decay": 0.0,
+    "seg_weight": 1.0,
+    "latent_crop": "data",         # "data": data.latent_crop
+    "time_budget_min": 0,          # 0: no time budget
+    "sample_every": 0,             # 0: no sample grids
+}
 
 
 def frozen(denoiser):
@@ -116,43 +141,44 @@ def frozen_denoiser(checkpoint: str | None, spec: dict, seed: int, schedule: DDI
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
-    p = cfg["phase2"]
-    seed = int(cfg.get("seed", 0))
-    if cfg.get("threads"):  # small convs on a shared CPU run faster on fewer threads
-        torch.set_num_threads(int(cfg["threads"]))
-    ctx = setup_distributed(cfg.get("device", "auto"), cfg.get("ddp_timeout_min"))
+    run, data = with_defaults(cfg, RUN_DEFAULTS), with_defaults(cfg["data"], DATA_DEFAULTS)
+    p = with_defaults(cfg["phase2"], PHASE2_DEFAULTS)
+    seed = int(run["seed"])
+    if run["threads"]:  # small convs on a shared CPU run faster on fewer threads
+        torch.set_num_threads(int(run["threads"]))
+    ctx = setup_distributed(run["device"], run["ddp_timeout_min"])
     device = ctx.device
     run_dir = repo_path(cfg["run_dir"]) / "fusion"
-    log = RunLogger(run_dir, ctx, tensorboard=cfg.get("tensorboard", True))
+    log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
     log.info(f"phase 2: world size {ctx.world_size}, device {device}, config {args.config}")
-    tau = float(p.get("tau", DEFAULT_TAU))
-    thermal_classes = class_ids(p.get("thermal_classes", DEFAULT_THERMAL_CLASSES))  # names or MFNet ids
+    tau = float(p["tau"])
+    thermal_classes = class_ids(p["thermal_classes"])  # names or MFNet ids
 
     # ---- frozen networks, data -------------------------------------------------
     ae = build_autoencoder(cfg["autoencoder"]).to(device)
-    schedule = DDIMSchedule(num_inference_steps=int(p.get("sampling_steps", 25)))
-    ikr = frozen_denoiser(p.get("ikr_checkpoint"), cfg["ikr"]["unet"], seed + 1, schedule).to(device)
-    ckg = frozen_denoiser(p.get("ckg_checkpoint"), cfg["ckg"]["unet"], seed + 2, schedule).to(device)
+    schedule = DDIMSchedule(num_inference_steps=int(p["sampling_steps"]))
+    ikr = frozen_denoiser(p["ikr_checkpoint"], cfg["ikr"]["unet"], seed + 1, schedule).to(device)
+    ckg = frozen_denoiser(p["ckg_checkpoint"], cfg["ckg"]["unet"], seed + 2, schedule).to(device)
     cache = None
-    if cfg["data"].get("latent_cache"):
+    if data["latent_cache"]:
         cache = get_latent_cache(cfg, ae, ctx, log.info)
     else:
         dataset = make_dataset(cfg["data"], seed)
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=p["batch_size"], sampler=sampler, drop_last=True,
-                            num_workers=int(cfg["data"].get("num_workers", 0)), persistent_workers=False)
-    latent_crop = p.get("latent_crop", cfg["data"].get("latent_crop"))
+                            num_workers=int(data["num_workers"]), persistent_workers=False)
+    latent_crop = data["latent_crop"] if p["latent_crop"] == "data" else p["latent_crop"]
     focus = object_crop_prob(p, cache)  # crops centred on labelled objects (people: ~2 % of the pixels)
 
     # ---- model, optimizer ------------------------------------------------------
     torch.manual_seed(seed)
     fusion = build_fusion(cfg["fusion"]["net"]).to(device).train()
-    if p.get("init_fusion"):
+    if p["init_fusion"]:
         # Fine-tune a trained F/S (a phase-2 checkpoint or an exported fusion.safetensors), e.g. with new
         # masks, instead of starting over; a resumed run's own checkpoint still takes precedence below.
         trained = load_trained_module(repo_path(p["init_fusion"]))
         load_state_dict_strict(fusion, trained.state_dict(), f"phase2.init_fusion {p['init_fusion']}")
-    elif p.get("init_weight") is not None:
+    elif p["init_weight"] is not None:
         # Start the fused stream from w = init_weight everywhere (1: the visible/IKR stream) instead of
         # w ~ 0 (the CKG stream): F then only has to learn where to depart from it.
         with torch.no_grad():
@@ -161,11 +187,11 @@ def main(argv=None) -> dict:
     log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
              f"config {fusion.config.to_dict()}")
     # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the paper).
-    seg_lr_scale = float(p.get("seg_lr_scale", 1.0))
+    seg_lr_scale = float(p["seg_lr_scale"])
     if seg_lr_scale <= 0:
         raise ValueError(f"phase2.seg_lr_scale must be > 0, got {seg_lr_scale}")
     # weight_lr_scale: the weight head's factor; 0 freezes it (train S on top of a trained F's weights).
-    weight_lr_scale = float(p.get("weight_lr_scale", 1.0))
+    weight_lr_scale = float(p["weight_lr_scale"])
     if weight_lr_scale < 0:
         raise ValueError(f"phase2.weight_lr_scale must be >= 0, got {weight_lr_scale}")
     # Gradient clipping is per path: the weight head (F's w) and the trunk + segmentation head. The
@@ -179,17 +205,15 @@ def main(argv=None) -> dict:
               {"params": seg_params, "lr": p["lr"] * seg_lr_scale}]
     # SGD is the paper's; AdamW scales each parameter's step by its own gradient history, which a short
     # budget needs: the weight head's visual-loss gradients are ~0.1-0.5, too small for SGD at lr 1e-3.
-    kind = p.get("optimizer", "sgd")
+    kind = p["optimizer"]
     if kind == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=p["lr"], momentum=p.get("momentum", 0.9),
-                                    weight_decay=p.get("weight_decay", 1e-4))
+        optimizer = torch.optim.SGD(groups, lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
     elif kind == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=p["lr"], weight_decay=p.get("weight_decay", 1e-4))
+        optimizer = torch.optim.AdamW(groups, lr=p["lr"], weight_decay=p["weight_decay"])
     else:
         raise ValueError(f"phase2.optimizer must be sgd (the paper's) or adamw, got {kind!r}")
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p.get("lr_step", 10)),
-                                                gamma=float(p.get("lr_gamma", 0.5)))
-    ema = EMA(fusion, p.get("ema_decay", 0.0))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(p["lr_step"]), gamma=float(p["lr_gamma"]))
+    ema = EMA(fusion, p["ema_decay"])
     # wall_before: wall time of the runs this one resumes
     step, wall_before = resume_if_any(run_dir, args.fresh, log, ctx=ctx, seed=seed, model=fusion, optimizer=optimizer,
                                       scheduler=scheduler, ema=ema)
@@ -202,12 +226,12 @@ def main(argv=None) -> dict:
             batch = cache.batch(p["batch_size"], latent_crop, g, focus=focus)
             return batch["cond"].to(device), batch["mask"].to(device)
         batch = next(batches)
-        degraded = resize_images(batch["degraded"].to(device), cfg["data"].get("scale"))
+        degraded = resize_images(batch["degraded"].to(device), data["scale"])
         return encode(ae, degraded, g), resize_mask(batch["mask"].to(device), degraded.shape[-2:])
 
     # ---- loop -------------------------------------------------------------------
     max_steps = int(p["max_steps"])
-    budget_s = float(p.get("time_budget_min") or 0) * 60
+    budget_s = float(p["time_budget_min"] or 0) * 60
     t_start, meter, losses = time.time(), Throughput(), []
     bar = tqdm(total=max_steps, initial=step, disable=args.no_progress or not ctx.is_main, dynamic_ncols=True,
                desc="phase2 fusion")
@@ -217,12 +241,12 @@ def main(argv=None) -> dict:
         stop_index = int(torch.randint(schedule.num_inference_steps, (1,), generator=step_generator(seed, step, 0)))
         with autocast(device):
             loss, details = algorithm1_loss(ddp_fusion, ikr, ckg, ae, cond, mask, schedule, stop_index, g, tau=tau,
-                                            thermal_classes=thermal_classes, seg_weight=float(p.get("seg_weight", 1.0)),
+                                            thermal_classes=thermal_classes, seg_weight=float(p["seg_weight"]),
                                             fusion_no_grad=fusion)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm_w = grad_norm_(weight_params, p.get("grad_clip"))
-        gnorm = grad_norm_(trunk_params + seg_params, p.get("grad_clip"))
+        gnorm_w = grad_norm_(weight_params, p["grad_clip"])
+        gnorm = grad_norm_(trunk_params + seg_params, p["grad_clip"])
         optimizer.step()
         scheduler.step()
         ema.update(fusion)
@@ -244,7 +268,7 @@ def main(argv=None) -> dict:
                      f"{scalars['seg']:.4f}, stop step {stop_index}) grad {gnorm:.3f} (w head {gnorm_w:.3f}) "
                      f"w_r {scalars['w_r_mean']:.3f} lr {scalars['lr']:.2e} "
                      f"{scalars['steps_per_s']:.2f} it/s")
-        if ctx.is_main and p.get("sample_every") and step % p["sample_every"] == 0:
+        if ctx.is_main and p["sample_every"] and step % p["sample_every"] == 0:
             fused, ikr_img, ckg_img = (x[:4] for x in details["images"])
             seg = torch.from_numpy(colorize(upsample_logits(details["seg_logits"][:4]).argmax(1).cpu().numpy()))
             seg = seg.permute(0, 3, 1, 2).float() / 255.0
