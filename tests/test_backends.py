@@ -17,7 +17,7 @@ from magicfuse_core.backends.onnx_runtime import OrtNet, check_active_provider
 from magicfuse_core.backends.tensorrt_engines import GPUEnvironment, engine_shapes, keep_fp32, tensorrt_hooks
 from magicfuse_core.backends.torch_fast import TorchNet, cast_for_precision
 from magicfuse_core.checkpoint import save_model
-from magicfuse_core.io_contract import NET_IO, Channels
+from magicfuse_core.io_contract import DEFAULT_COMPONENTS, NET_IO, Channels
 from magicfuse_core.pipeline import MagicFusePipeline
 
 STEPS = 3
@@ -324,3 +324,13 @@ def test_tensorrt_profile_is_the_size_the_pipeline_feeds():
     shapes = engine_shapes(Channels(), "fusion", height=480, width=640, max_batch=2)
     assert shapes["x24"] == ((1, 24, 120, 160), (1, 24, 120, 160), (2, 24, 120, 160))
     assert shapes["t"] == ((1,), (1,), (2,))
+
+
+def test_a_damaged_cached_export_is_exported_again_not_loaded(onnx_cache, reference):
+    pipe = _pipe().use_backend("onnxruntime", threads=1)  # the module's cached export
+    [export_dir] = [d for d in (onnx_cache / "onnx").iterdir() if export_matches(load_manifest(d), pipe.model, DEFAULT_COMPONENTS)]
+    graph = export_dir / "fusion.onnx"
+    graph.write_bytes(graph.read_bytes()[: len(graph.read_bytes()) // 2])  # truncated, manifest unchanged
+    pipe = _pipe().use_backend("onnxruntime", threads=1)
+    assert any("damaged (fusion" in n for n in pipe.backend_info.notes)
+    assert_same_result(pipe(FRAME, seed=5), reference)

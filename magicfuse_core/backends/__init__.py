@@ -66,7 +66,7 @@ def build_hooks(model, device: torch.device, spec: str = DEFAULT_BACKEND, *,
                       workspace_gib
     Unknown options raise ValueError; an unusable backend raises BackendUnavailable.
     """
-    from .torch_fast import restore_fp32, torch_hooks  # noqa: PLC0415 (torch.compile etc. load on demand)
+    from .torch_fast import autoencoder_hooks, restore_fp32, torch_hooks  # noqa: PLC0415 (loaded on demand)
 
     device = torch.device(device)
     name, spec_opts = parse_backend_spec(spec)
@@ -109,7 +109,6 @@ def build_hooks(model, device: torch.device, spec: str = DEFAULT_BACKEND, *,
             hooks = tensorrt_hooks(model, device, cache_dir=opts.get("cache_dir") or default_cache_dir() / "engines",
                                    onnx_dir=opts.get("onnx_dir"), height=fixed_size[0], width=fixed_size[1],
                                    max_batch=int(opts.get("max_batch", 1)), builder=builder, notes=notes)
-            torch_ae = torch_hooks(model, device)  # the autoencoder stays on torch
-            hooks = {**torch_ae, **hooks}
+            hooks = {**autoencoder_hooks(model), **hooks}  # the autoencoder stays on torch
     info = BackendInfo(name, dict(opts), notes, requested=requested, fixed_size=fixed_size)
     return hooks, info

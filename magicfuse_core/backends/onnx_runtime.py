@@ -18,7 +18,7 @@ import torch
 from ..hashing import sha256_bytes
 from ..io_contract import DEFAULT_COMPONENTS, NET_IO, Channels, latent_size, output_shapes
 from .onnx_export import (component_module, export_matches, export_model, load_manifest, model_fingerprint,
-                          ort_session)
+                          onnx_sha256, ort_session)
 from .registry import BackendUnavailable, default_cache_dir
 
 
@@ -96,9 +96,16 @@ def prepare_onnx(model, onnx_dir: str | Path | None, *, height: int, width: int,
         manifest = load_manifest(onnx_dir)
         same_size = dynamic_spatial or manifest["latent_size"] == list(latent_size(height, width))
         if export_matches(manifest, model, components, fingerprints=fingerprints) and same_size:
+            # A truncated or overwritten file in the shared cache is exported again, never loaded.
+            damaged = [c for c in components
+                       if onnx_sha256(onnx_dir / manifest["components"][c]["file"]) != manifest["components"][c]["sha256"]]
+            if not damaged:
+                if notes is not None:
+                    notes.append(f"reusing ONNX export in {onnx_dir}")
+                return onnx_dir, manifest
             if notes is not None:
-                notes.append(f"reusing ONNX export in {onnx_dir}")
-            return onnx_dir, manifest
+                notes.append(f"ONNX export in {onnx_dir} damaged ({', '.join(damaged)} differ from the manifest's "
+                             "sha256): exporting again")
     except (FileNotFoundError, ValueError, KeyError):
         pass
     manifest = export_model(model, onnx_dir, height=height, width=width, batch=batch, opset=opset,

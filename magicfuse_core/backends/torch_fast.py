@@ -180,6 +180,9 @@ def torch_hooks(model, device: torch.device, *, precision: str = "fp32", channel
         if component in ("ikr", "ckg"):
             fn = EpsilonDenoiser(fn, net.config.prediction, model.schedule.alphas_cumprod).to(device)
         hooks[component] = CUDAGraphNet(fn, device, pool) if cuda_graph else fn
-    hooks["encoder"] = EncoderWithNoise(model.autoencoder.encoder)
-    hooks["decoder"] = model.autoencoder.decoder
-    return hooks
+    return {**hooks, **autoencoder_hooks(model)}
+
+
+def autoencoder_hooks(model) -> dict[str, Callable]:
+    """The encoder and decoder as eager fp32 torch hooks (once per frame, InstanceNorm-heavy)."""
+    return {"encoder": EncoderWithNoise(model.autoencoder.encoder), "decoder": model.autoencoder.decoder}
