@@ -23,7 +23,7 @@ from magicfuse_core.pipeline import MagicFusePipeline
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = (480, 640)
 
 

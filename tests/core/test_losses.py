@@ -1,4 +1,4 @@
-"""Phase-1 and phase-2 losses (SPEC §5) on hand-made images with known answers."""
+"""The paper's phase-1 and phase-2 losses on hand-made images with known answers."""
 from __future__ import annotations
 
 import math

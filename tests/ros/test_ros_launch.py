@@ -20,7 +20,7 @@ import pytest
 
 from magicfuse_ros import params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / "launch" / "fuse.launch.py"
 SHARE = "/opt/ros/kilted/share/magicfuse_ros"  # where FindPackageShare would point
 

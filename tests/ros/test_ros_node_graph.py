@@ -1,28 +1,20 @@
-"""How the real node fits into a graph (issue 12): lazy camera subscription, QoS overrides and
+"""How the real node fits into a graph: lazy camera subscription, QoS overrides and
 incompatible pairs, and the opt-in age check with frames stamped by other clocks, with and without
 use_sim_time. Each configuration is its own node process (random tiny networks; the behaviour, not the
 model, is under test)."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (requirements-ros.txt) not installed")
 
-from ros_harness import (DOMAIN, FRAME_TIMEOUT, START_TIMEOUT, TINY_NODE, Harness, NodeProcess, RosClient,  # noqa: E402
+from ros_harness import (DOMAIN, FRAME_TIMEOUT, START_TIMEOUT, TINY_NODE, Harness, NodeProcess,  # noqa: E402
                          node_parameters, stamp_ns, stop_recording, time_msg, topics, unique_namespace, wait_until)
 from sensor_msgs.msg import Image  # noqa: E402
 
 HOUR_NS = 3600 * 10**9
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = RosClient(f"magicfuse_graph_client_{os.getpid()}", DOMAIN)
-    yield c
-    c.close()
 
 
 def start_node(tmp_path, name: str, **overrides) -> NodeProcess:

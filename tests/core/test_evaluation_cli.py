@@ -13,7 +13,7 @@ from magicfuse_core import cli
 from magicfuse_core.evaluation import baselines, metrics
 from magicfuse_core.imageio import write_png
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MSRS = SHARED / "data" / "msrs"
 H, W = 48, 64
 NAMES = ("f001", "f002", "f003")

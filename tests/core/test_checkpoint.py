@@ -92,10 +92,10 @@ def test_the_bundled_model_is_trained_loads_strictly_and_fuses(monkeypatch):
 
     from magicfuse_core.paths import default_model_dir
 
-    folder = Path(__file__).resolve().parent.parent / "models" / "demo"
+    folder = Path(__file__).resolve().parents[2] / "models" / "demo"
     monkeypatch.delenv("MAGICFUSE_MODEL", raising=False)
     assert Path(default_model_dir()).resolve() == folder
-    assert sum(f.stat().st_size for f in folder.iterdir()) < 30 * 2**20  # issue 4: at most 30 MB
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 30 * 2**20  # the bundled model is kept under 30 MB
     pipe = MagicFusePipeline.from_pretrained(folder, steps=2)
     assert pipe.trained and pipe.model.info["data"]["split"] == "train"
     frame = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)

@@ -30,16 +30,6 @@ def frames_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def single_torch_thread():
-    """Two slow shared cores: one torch thread avoids OpenMP contention; restored afterwards."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_params(**overrides):
     return params.load_param_file(overrides={"model_path": "random-tiny", "steps": 2, "device": "cpu",
                                              "cpu_threads": 1, **overrides})
@@ -101,7 +91,7 @@ def test_make_bag_errors_are_clear(frames_dir, tmp_path):
 
 @pytest.mark.parametrize("storage", bag.STORAGES)
 def test_replay_gives_one_output_per_frame_and_kind_with_the_input_header(frames_dir, tmp_path, storage,
-                                                                           single_torch_thread):
+                                                                           one_torch_thread):
     made = bag.make_bag(frames_dir, tmp_path / "in", storage=storage, start_ns=START_NS)
     report = bag.replay_bag(made.path, tmp_path / "out", params=tiny_params(), progress=lambda m: None)
     assert (report["frames_in"], report["frames_out"], report["topic"]) == (3, 3, bag.DEFAULT_TOPIC)
@@ -124,7 +114,7 @@ def test_replay_gives_one_output_per_frame_and_kind_with_the_input_header(frames
     assert all(label.max() < NUM_CLASSES for label in labels)
 
 
-def test_replay_is_deterministic(frames_dir, tmp_path, single_torch_thread):
+def test_replay_is_deterministic(frames_dir, tmp_path, one_torch_thread):
     made = bag.make_bag(frames_dir, tmp_path / "in", start_ns=START_NS)
     for name in ("a", "b"):
         bag.replay_bag(made.path, tmp_path / name, params=tiny_params(), progress=lambda m: None)
@@ -133,7 +123,7 @@ def test_replay_is_deterministic(frames_dir, tmp_path, single_torch_thread):
     assert len(first) == 3 and all(np.array_equal(x, y) for x, y in zip(first, second))
 
 
-def test_replay_writes_pngs_report_and_evaluation(frames_dir, tmp_path, single_torch_thread):
+def test_replay_writes_pngs_report_and_evaluation(frames_dir, tmp_path, one_torch_thread):
     made = bag.make_bag(frames_dir, tmp_path / "in", start_ns=START_NS)
     png = tmp_path / "png"
     report = bag.replay_bag(made.path, tmp_path / "out", params=tiny_params(fusion_weight_encoding="32FC1"),
@@ -147,7 +137,7 @@ def test_replay_writes_pngs_report_and_evaluation(frames_dir, tmp_path, single_t
     assert all(f.message.encoding == "32FC1" for f in weights)
 
 
-def test_cli_bag_make_and_replay(frames_dir, tmp_path, capsys, single_torch_thread):
+def test_cli_bag_make_and_replay(frames_dir, tmp_path, capsys, one_torch_thread):
     assert cli_main(["bag", "make", str(frames_dir), str(tmp_path / "in"), "--storage", "mcap", "--rate", "5",
                      "--start", "1700000000"]) == 0
     assert "3 frames" in capsys.readouterr().out

@@ -1,9 +1,8 @@
 """The managed (lifecycle) node through the standard ~/change_state and ~/get_state services, and
-clean shutdown of the plain node on SIGINT/SIGTERM in the middle of a frame (issue 12.5, 12.6)."""
+clean shutdown of the plain node on SIGINT/SIGTERM in the middle of a frame."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import time
@@ -14,16 +13,9 @@ pytest.importorskip("rclpy", reason="rclpy (requirements-ros.txt) not installed"
 pytest.importorskip("lifecycle_msgs", reason="lifecycle_msgs (requirements-ros.txt) not installed")
 
 from ros_harness import (DOMAIN, START_TIMEOUT, TINY_NODE, Harness, LifecycleClient, NodeProcess,  # noqa: E402
-                         RosClient, stamp_ns, unique_namespace, wait_until)
+                         stamp_ns, unique_namespace, wait_until)
 
 MANAGED = "magicfuse_ros.managed_node"
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = RosClient(f"magicfuse_lifecycle_client_{os.getpid()}", DOMAIN)
-    yield c
-    c.close()
 
 
 def test_lifecycle_transitions_drive_model_subscription_and_publishing(client, tmp_path):

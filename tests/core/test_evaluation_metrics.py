@@ -12,7 +12,7 @@ import pytest
 from magicfuse_core.evaluation import metrics
 from magicfuse_core.imageio import read_gray
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 REFERENCE_ROOT = SHARED / "metrics"
 # README of the reference set: relative 1e-6, but 1e-5 for the metrics with exact-equality branches.
 TOLERANCE = {"Qabf": 1e-5, "Nabf": 1e-5}

@@ -1,4 +1,4 @@
-"""`magicfuse bench`: the CPU smoke run prints the table and writes JSON; FLOP counts match SPEC §7."""
+"""`magicfuse bench`: the CPU smoke run prints the table and writes JSON; FLOP counts match the paper's."""
 from __future__ import annotations
 
 import json
@@ -32,7 +32,7 @@ def test_cpu_smoke_prints_the_table_and_writes_json(tmp_path, capsys):
 
 
 def test_paper_flops_per_step_at_480x640_match_the_reference_count():
-    """SPEC §7: Psi 117 G, Phi 1,607 G, F 791 G per step at 480x640 (counted on meta tensors)."""
+    """Reference count (docs/PERFORMANCE.md): Psi 117 G, Phi 1,607 G, F 791 G per step at 480x640 (counted on meta tensors)."""
     flops = count_flops(_meta_paper(), 480, 640, batch=1, steps=25)
     per_step = flops["per_step_per_frame"]
     assert per_step["ikr"] / 1e9 == pytest.approx(117, rel=0.01)

@@ -16,7 +16,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
 
-from test_ros_conversions import image_msg  # noqa: E402 (tests/ is on sys.path under pytest)
+from test_ros_conversions import image_msg  # noqa: E402 (this folder is on sys.path under pytest)
 
 from magicfuse_ros.node_process import NodeProcess, RosClient, default_domain_id, wait_until
 from magicfuse_ros.outputs import topics

@@ -11,7 +11,7 @@ from magicfuse_core import degrade, imageio
 from magicfuse_core.data import (IGNORE_INDEX, Box, PairedFolderDataset, boxes_to_mask, otsu_threshold,
                                  read_names, read_yolo_boxes)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MSRS = SHARED / "data" / "msrs"
 
 HEIGHT, WIDTH = 48, 64

@@ -14,7 +14,7 @@ import yaml
 
 from magicfuse_ros import params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "config" / "magicfuse.param.schema.json"
 PARAM_YAML = REPO / "config" / "magicfuse.param.yaml"
 

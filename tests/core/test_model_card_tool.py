@@ -12,7 +12,7 @@ from magicfuse_core.evaluation import card
 
 from card_frames import scored_card_frame
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "evaluate_demo_model.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "evaluate_demo_model.py"
 
 
 @pytest.fixture(scope="module")

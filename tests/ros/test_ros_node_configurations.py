@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy (requirements-ros.txt) not installed")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from ros_harness import (DOMAIN, PICTURE, TINY_NODE, H, Harness, NodeProcess, RosClient, W, image_msg,  # noqa: E402
+from ros_harness import (DOMAIN, PICTURE, TINY_NODE, H, Harness, NodeProcess, W, image_msg,  # noqa: E402
                          stop_recording, topics, unique_namespace, wait_until)
 from sensor_msgs.msg import Image  # noqa: E402
 
@@ -20,13 +20,6 @@ from magicfuse_ros.params import PARAM_FILE as PARAM_FILE_NAME, find_share_path 
 
 NODE_PARAMS = {**TINY_NODE, "max_input_pixels": H * W * 2}
 PARAM_FILE = find_share_path(PARAM_FILE_NAME)
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = RosClient(f"magicfuse_config_client_{os.getpid()}", DOMAIN)
-    yield c
-    c.close()
 
 
 # ---- pipeline failure: the node in this process, with a pipeline that fails -------------------

@@ -9,7 +9,6 @@ hear each other. Every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ pytest.importorskip("rclpy", reason="rclpy (requirements-ros.txt) not installed"
 cv2 = pytest.importorskip("cv2")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from ros_harness import (DOMAIN, FRAME_TIMEOUT, PICTURE, TINY_NODE, H, Harness, NodeProcess, RosClient,  # noqa: E402
+from ros_harness import (DOMAIN, FRAME_TIMEOUT, PICTURE, TINY_NODE, H, Harness, NodeProcess,  # noqa: E402
                          W, node_parameters, stamp_ns, stop_recording, time_msg, topics, unique_namespace, wait_until)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -31,13 +30,6 @@ NAMESPACE = unique_namespace("test_node")
 TOPICS = topics(NAMESPACE)
 MAX_PIXELS = H * W * 2
 NODE_PARAMS = {**TINY_NODE, "max_input_pixels": MAX_PIXELS, "subscribe_compressed": True}
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = RosClient(f"magicfuse_test_client_{os.getpid()}", DOMAIN)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +131,7 @@ def test_compressed_input_is_decoded(node):
     assert np.array_equal(conversions.image_to_rgb(out["magimg"]), reference)
 
 
-# ---- time base: every frame is processed whatever clock stamped it (issue 12.1) -----------------
+# ---- time base: every frame is processed whatever clock stamped it ----------------------------
 
 HOUR_NS = 3600 * 10**9
 
@@ -160,7 +152,7 @@ def test_frames_from_any_clock_are_processed_with_their_stamp_kept(node):
     assert node.process.log().count("the camera clock differs") == 1  # one warning, not one per frame
 
 
-# ---- QoS: REP-2003 defaults, any publisher reliability accepted (issue 12.3) ------------------------
+# ---- QoS: REP-2003 defaults, any publisher reliability accepted -------------------------------
 
 def test_default_qos_is_sensor_data_in_and_reliable_out(node):
     from rclpy.qos import ReliabilityPolicy
@@ -191,7 +183,7 @@ def test_default_input_qos_takes_reliable_and_best_effort_publishers(node, relia
         node.client.node.destroy_publisher(publisher)
 
 
-# ---- camera_info pass-through (issue 12.4) -------------------------------------------------------
+# ---- camera_info pass-through ------------------------------------------------------------------
 
 def test_no_camera_info_is_published_without_an_input_camera_info(node):
     infos = node.client.recorder(CameraInfo, TOPICS["camera_info"])

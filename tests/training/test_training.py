@@ -23,8 +23,10 @@ from training.config import load_config
 from training.distributed import setup_distributed
 from training.latent_cache import LatentCache, get_latent_cache
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convs run fastest on one thread
 
 
 def make_dataset(root: Path, n: int = 2) -> Path:
@@ -74,15 +76,6 @@ def write_config(tmp_path: Path, run_dir: Path, **changes) -> Path:
     path = tmp_path / f"config_{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    # Tiny convs on a shared CPU run fastest on 1 thread; give other test files theirs back.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +289,7 @@ def test_phase2_overfits_one_batch():
     cond = torch.rand(2, 8, 8, 8) * 2 - 1
     mask = torch.zeros(2, 32, 32, dtype=torch.long)
     mask[:, 8:24, 8:16] = 2
-    optimizer = torch.optim.SGD(fusion.parameters(), lr=1e-3, momentum=0.9)  # SPEC §5
+    optimizer = torch.optim.SGD(fusion.parameters(), lr=1e-3, momentum=0.9)  # the paper's phase-2 optimiser
     losses = []
     for _ in range(12):
         loss, _ = phase2.algorithm1_loss(fusion, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=5),
@@ -481,7 +474,7 @@ def test_export_bundles_a_loadable_trained_model(workdir):
     assert_same_weights(tuned.ckg.state_dict(), model.ckg.state_dict())
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parent.parent / "training/configs").glob("*.yaml")),
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[2] / "training/configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_networks(config):
     # A typo in a profile or a network option must fail here, not 20 minutes into a GPU run.
