@@ -21,7 +21,7 @@ print(f"GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, torch
 PY
 
 echo "== 1/2 cuda test group"
-timeout 300 "$PY" -m pytest -q -m cuda tests/test_cuda.py tests/test_training.py -rs -p no:cacheprovider \
+timeout 300 "$PY" -m pytest -q -m cuda tests/core/test_cuda.py tests/training/test_training.py -rs -p no:cacheprovider \
     2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
 

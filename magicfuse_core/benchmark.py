@@ -130,7 +130,7 @@ def count_flops(model, height: int, width: int, batch: int = 1, steps: int = 25,
     decoder = flops(lambda: ae.decode(torch.empty(decoded * batch, ae.config.latent_channels, h, w, device="meta"))) \
         if decoded else 0
     # Every step costs the same (the sampler's own arithmetic is element-wise, which
-    # the counter does not count): tests/test_bench.py checks this against a counted loop.
+    # the counter does not count): tests/core/test_bench.py checks this against a counted loop.
     loop = steps * sum(per_step.values())
     total = encoder + loop + decoder
     return {"per_frame": total / batch, "per_step_per_frame": {k: v / batch for k, v in per_step.items()},

@@ -20,7 +20,7 @@ class DDIMSchedule:
     ("linear betas from 0.00085 to 0.012"); "scaled_linear" spaces them linearly
     in sqrt(beta) (the latent-diffusion convention) and is kept for users who
     train with it. The reference fixtures decide which one the released code used
-    (see tests/test_schedule.py).
+    (see tests/core/test_schedule.py).
     """
 
     num_train_timesteps: int = 1000

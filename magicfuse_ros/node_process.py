@@ -4,7 +4,7 @@
 file and overrides in its own ROS domain, discovery kept on this host; `RosClient`
 is an rclpy node in its own context spun by a background thread, with reliable
 `Recorder`s for outputs. Used by the live replay, the soak benchmark and the
-tests' harness (tests/ros_harness.py adds what only tests need).
+tests' harness (tests/ros/ros_harness.py adds what only tests need).
 """
 from __future__ import annotations
 

@@ -1,27 +1,9 @@
-"""Shared test fixtures: where ../shared lives, and skipping cleanly without it."""
+"""Fixtures every test group uses. Each group (core/, ros/, training/) has its own conftest.py
+for what only it needs; tests that read ../shared skip with a reason when it is absent."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-OFFICIAL = SHARED / "fixtures" / "official"
-
-
-@pytest.fixture(scope="session")
-def official_dir() -> Path:
-    if not (OFFICIAL / "meta.json").is_file():
-        pytest.skip(f"reference fixtures not found at {OFFICIAL} (../shared sits beside the repository in CI)")
-    return OFFICIAL
-
-
-@pytest.fixture(scope="session")
-def official_meta(official_dir) -> dict:
-    return json.loads((official_dir / "meta.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Reproducibility contract: every random draw of training step `s` on rank `r` comes from
 `step_generator(seed, s, r)` (plus the dataset's own (seed, epoch, index) streams), so a run
-resumed at step s continues exactly as the uninterrupted run would have (tests/test_training.py).
+resumed at step s continues exactly as the uninterrupted run would have (tests/training/test_training.py).
 What still reads the global RNGs (DataLoader worker seeds, dropout) is covered by saving each
 rank's global RNG state in the checkpoint and giving it back to the same rank on resume. A run
 resumed on a different number of processes cannot have that; each rank then gets a fresh

@@ -24,7 +24,7 @@ a crash leaves either the old complete entry or one whose sidecar does not match
 (which is rebuilt), never a half-written engine that looks valid.
 
 Nothing here imports TensorRT: the builder and the loader are passed in, so the
-whole policy is tested with fakes (tests/test_engine_cache.py).
+whole policy is tested with fakes (tests/core/test_engine_cache.py).
 """
 from __future__ import annotations
 

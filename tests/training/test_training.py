@@ -13,7 +13,6 @@ import torch
 import yaml
 
 from magicfuse_core.checkpoint import load_model
-from magicfuse_core.imageio import write_png
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
@@ -23,30 +22,11 @@ from training.config import load_config
 from training.distributed import setup_distributed
 from training.latent_cache import LatentCache, get_latent_cache
 
+from training_data import make_dataset
+
 REPO = Path(__file__).resolve().parents[2]
-SIZE = 48  # frames are SIZE x SIZE; crops 32 x 32 -> latents 8 x 8
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convs run fastest on one thread
-
-
-def make_dataset(root: Path, n: int = 2) -> Path:
-    """n registered vis/ir frames with a warm 'person' box (a bright IR blob) and its YOLO box."""
-    rng = np.random.default_rng(0)
-    for sub in ("vis", "ir", "det/infrared"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    names = []
-    for i in range(n):
-        name = f"frame{i:02d}"
-        vis = np.stack([yy, xx, 0.5 * (yy + xx)], -1) * 200 + rng.uniform(0, 40, (SIZE, SIZE, 3))
-        ir = np.full((SIZE, SIZE), 40.0) + rng.uniform(0, 20, (SIZE, SIZE))
-        ir[12:36, 16 + 4 * i:28 + 4 * i] = 230
-        write_png(root / "vis" / f"{name}.png", vis.clip(0, 255).astype(np.uint8))
-        write_png(root / "ir" / f"{name}.png", ir.clip(0, 255).astype(np.uint8))
-        (root / "det/infrared" / f"{name}.txt").write_text(f"0 {(22 + 4 * i) / SIZE:.4f} 0.5 {12 / SIZE:.4f} 0.5\n")
-        names.append(name)
-    (root / "train.txt").write_text("\n".join(names) + "\n")
-    return root
 
 
 def write_config(tmp_path: Path, run_dir: Path, **changes) -> Path:
@@ -76,17 +56,6 @@ def write_config(tmp_path: Path, run_dir: Path, **changes) -> Path:
     path = tmp_path / f"config_{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("train") / "data")
-
-
-@pytest.fixture()
-def workdir(tmp_path, data_root) -> Path:
-    (tmp_path / "data").symlink_to(data_root)
-    return tmp_path
 
 
 def state_of(checkpoint: Path) -> dict:
