@@ -12,7 +12,8 @@
 3. The node's per-frame processing on the same frames: `magicfuse bag make` + `magicfuse bag replay`
    (the node's frame function, offline), its mean processing time.
 4. Today's per-stage costs at 640x480: encoder, decoder (per image), Ψ, Φ, F per step, eager torch
-   against ONNX Runtime, each the best of 3 calls.
+   against ONNX Runtime and against `auto` (which on a CPU with native bf16 runs the step networks
+   in torch bf16), each the best of 3 calls.
 A benchmark, not a test: the figures go to docs/PERFORMANCE.md with the date and commit.
 """
 from __future__ import annotations
@@ -95,8 +96,10 @@ def stage_costs() -> dict:
     eps, seg = torch.randn(1, 8, 120, 160, generator=g), torch.randn(1, 9, 120, 160, generator=g)
     frame = (np.random.default_rng(0).random((1, 480, 640, 3)) * 255).astype(np.uint8)
     rows = {}
-    for spec in ("torch", "onnxruntime"):
+    for spec in ("torch", "onnxruntime", "auto"):
         pipe = MagicFusePipeline.from_pretrained(REPO / "models" / "demo").use_backend(spec)
+        if spec == "auto":
+            spec = f"auto ({pipe.backend_info.summary().split(';')[0]})"
         steps = pipe.steps
         with torch.inference_mode():
             rows[spec] = {

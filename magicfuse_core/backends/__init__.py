@@ -14,6 +14,7 @@ hook returns fp32 tensors on the pipeline's device.
     pipe.use_backend("torch", precision="bf16", channels_last=True, cuda_graph=True)
     pipe.use_backend("torch-compiled", mode="max-autotune")
     pipe.use_backend("onnxruntime")
+    pipe.use_backend("onnxruntime:sampler_nets=torch-bf16")  # autoencoder in ORT, step nets in torch bf16
     pipe.use_backend("tensorrt", precision="fp16", height=480, width=640)
 
 Modules: `registry` (names, availability, spec strings), `torch_fast`,
@@ -26,8 +27,9 @@ from typing import Callable
 
 import torch
 
+from ..io_contract import AUTOENCODER_COMPONENTS, DEFAULT_COMPONENTS, SAMPLER_COMPONENTS
 from .registry import (BACKENDS, DEFAULT_BACKEND, OPTIONS, BackendInfo, BackendUnavailable, available_backends,
-                       check_backend, default_cache_dir, parse_backend_spec)
+                       check_backend, cpu_has_native_bf16, default_cache_dir, parse_backend_spec)
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendInfo", "BackendUnavailable", "available_backends", "build_hooks",
            "check_backend", "parse_backend_spec", "resolve_auto"]
@@ -40,14 +42,20 @@ log = logging.getLogger(__name__)
 CUDA_FAST_PATH = {"precision": "bf16", "channels_last": True, "cuda_graph": True}
 
 
-def resolve_auto(device: torch.device) -> tuple[str, dict, str]:
-    """(backend, options, why) that `auto` stands for on `device`."""
+def resolve_auto(device: torch.device, native_bf16: bool | None = None) -> tuple[str, dict, str]:
+    """(backend, options, why) that `auto` stands for on `device` (`native_bf16`: default, ask the CPU)."""
     if device.type == "cuda":
         return "torch", dict(CUDA_FAST_PATH), "CUDA: the torch fast path (bf16, channels_last, CUDA graphs)"
     try:
         check_backend("onnxruntime", device)
     except BackendUnavailable as exc:
         return "torch", {}, f"CPU: ONNX Runtime unavailable ({exc}); eager torch"
+    if cpu_has_native_bf16() if native_bf16 is None else native_bf16:
+        # Measured at 640x480 on 2 cores (docs/PERFORMANCE.md): Ψ+Φ+F per step 167 ms in torch bf16 NHWC
+        # against 303 ms in ONNX Runtime fp32; the InstanceNorm autoencoder loses 8 % in bf16, so it stays fp32.
+        return "onnxruntime", {"sampler_nets": "torch-bf16"}, (
+            "CPU with native bf16 (AMX / AVX512-BF16): ONNX Runtime fp32 for the encoder and decoder, "
+            "torch bf16 channels_last for the step networks")
     return "onnxruntime", {}, "CPU: ONNX Runtime (fused CPU kernels, faster than eager torch on these networks)"
 
 
@@ -60,7 +68,7 @@ def build_hooks(model, device: torch.device, spec: str = DEFAULT_BACKEND, *,
       torch:          precision (fp32 | bf16 | fp16), channels_last, cuda_graph, cpu_precision
       torch-compiled: mode (None | "reduce-overhead" | "max-autotune" | ...), compile_backend, precision,
                       channels_last, cpu_precision
-      onnxruntime:    onnx_dir, providers, io_binding, threads
+      onnxruntime:    onnx_dir, providers, io_binding, threads, sampler_nets (onnxruntime | torch-bf16)
       tensorrt:       precision (fp16 | bf16 | fp32), height, width (image size the engines are built for;
                       default the pipeline's inference_size or 480x640), max_batch, cache_dir, onnx_dir,
                       workspace_gib
@@ -97,8 +105,15 @@ def build_hooks(model, device: torch.device, spec: str = DEFAULT_BACKEND, *,
         if name == "onnxruntime":
             from .onnx_runtime import onnxruntime_hooks  # noqa: PLC0415
 
+            step_nets_in_torch = opts.get("sampler_nets", "onnxruntime") == "torch-bf16"
+            components = AUTOENCODER_COMPONENTS if step_nets_in_torch else DEFAULT_COMPONENTS
             hooks = onnxruntime_hooks(model, device, onnx_dir=opts.get("onnx_dir"), providers=opts.get("providers"),
-                                      io_binding=opts.get("io_binding"), threads=opts.get("threads"), notes=notes)
+                                      io_binding=opts.get("io_binding"), threads=opts.get("threads"),
+                                      components=components, notes=notes)
+            if step_nets_in_torch:
+                step_hooks = torch_hooks(model, device, precision="bf16", channels_last=True, cpu_precision=True,
+                                         notes=notes)
+                hooks.update({c: step_hooks[c] for c in SAMPLER_COMPONENTS})
         else:
             from .tensorrt_engines import TensorRTBuilder, tensorrt_hooks  # noqa: PLC0415
 

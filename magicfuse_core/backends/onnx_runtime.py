@@ -117,9 +117,9 @@ def prepare_onnx(model, onnx_dir: str | Path | None, *, height: int, width: int,
 
 def onnxruntime_hooks(model, device: torch.device, *, onnx_dir=None, providers=None, io_binding: bool | None = None,
                       threads: int | None = None, height: int = 64, width: int = 64,
-                      notes: list[str] | None = None) -> dict[str, Callable]:
-    """Export (or reuse) the five components and wrap ONNX Runtime sessions as hooks."""
-    onnx_dir, _ = prepare_onnx(model, onnx_dir, height=height, width=width, notes=notes)
+                      components=DEFAULT_COMPONENTS, notes: list[str] | None = None) -> dict[str, Callable]:
+    """Export (or reuse) `components` (default all five) and wrap ONNX Runtime sessions as hooks."""
+    onnx_dir, _ = prepare_onnx(model, onnx_dir, height=height, width=width, components=components, notes=notes)
     wanted = "CPUExecutionProvider"
     if providers is None:
         if device.type == "cuda":
@@ -134,11 +134,11 @@ def onnxruntime_hooks(model, device: torch.device, *, onnx_dir=None, providers=N
     io_binding = device.type == "cuda" if io_binding is None else io_binding
     channels = Channels.of(model)
     hooks = {}
-    for component in DEFAULT_COMPONENTS:
+    for component in components:
         path = onnx_dir / f"{component}.onnx"
         session = ort_session(path, providers, threads)
         check_active_provider(session, wanted, path)
         hooks[component] = OrtNet(session, component, device, channels, io_binding)
     if notes is not None:
-        notes.append(f"ONNX Runtime providers: {hooks['ikr'].session.get_providers()}")
+        notes.append(f"ONNX Runtime providers: {hooks[components[0]].session.get_providers()}")
     return hooks

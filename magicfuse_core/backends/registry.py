@@ -22,7 +22,7 @@ OPTIONS = {
     "auto": set(),
     "torch": {"precision", "channels_last", "cuda_graph", "cpu_precision"},
     "torch-compiled": {"mode", "compile_backend", "precision", "channels_last", "cpu_precision"},
-    "onnxruntime": {"onnx_dir", "providers", "io_binding", "threads"},
+    "onnxruntime": {"onnx_dir", "providers", "io_binding", "threads", "sampler_nets"},
     "tensorrt": {"precision", "height", "width", "max_batch", "cache_dir", "onnx_dir", "workspace_gib"},
 }
 
@@ -49,6 +49,27 @@ class BackendInfo:
         chosen = self.name if self.requested in (None, self.name) else f"{self.requested} -> {self.name}"
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         return chosen + (f":{opts}" if opts else "") + "".join(f"; {n}" for n in self.notes)
+
+
+# Where the onnxruntime backend runs the three step networks (Ψ, Φ, F/S): in ONNX Runtime with the
+# autoencoder, or in torch bf16 / channels_last (oneDNN), which is faster on CPUs with native bf16.
+SAMPLER_NETS = ("onnxruntime", "torch-bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), where oneDNN's bf16 convolutions
+    beat fp32; elsewhere bf16 is emulated and slower. Reads /proc/cpuinfo (False where it is missing)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def default_cache_dir() -> Path:
@@ -85,6 +106,9 @@ def check_backend(name: str, device: str | torch.device = "cpu", **opts) -> None
             raise BackendUnavailable("backend 'onnxruntime' on a CUDA device needs the CUDA execution provider, "
                                      f"which this onnxruntime lacks (providers: {ort.get_available_providers()}). "
                                      "Install it with: pip uninstall onnxruntime && pip install onnxruntime-gpu")
+        if opts.get("sampler_nets", "onnxruntime") not in SAMPLER_NETS:
+            raise ValueError(f"onnxruntime option sampler_nets must be one of {' | '.join(SAMPLER_NETS)}, "
+                             f"got {opts['sampler_nets']!r}")
         return
     if name == "tensorrt":
         if device.type != "cuda" or not torch.cuda.is_available():

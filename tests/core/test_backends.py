@@ -212,8 +212,10 @@ def test_tensorrt_chain_builds_caches_and_matches_torch(tmp_path, onnx_cache, re
 
 
 # ---- auto, and the defects a GPU would have shown --------------------------------------------------
-def test_auto_runs_onnxruntime_on_cpu_within_tolerance_of_torch(reference, onnx_cache):
-    """The CPU default: ONNX Runtime for all five networks, MagImg within 2 grey levels of eager torch."""
+def test_auto_runs_onnxruntime_on_cpu_within_tolerance_of_torch(reference, onnx_cache, monkeypatch):
+    """The CPU default without native bf16: ONNX Runtime for all five networks, MagImg within 2 grey
+    levels of eager torch."""
+    monkeypatch.setattr("magicfuse_core.backends.cpu_has_native_bf16", lambda: False)
     pipe = _pipe().use_backend("auto")
     info = pipe.backend_info
     assert (info.requested, info.name) == ("auto", "onnxruntime")
@@ -224,6 +226,38 @@ def test_auto_runs_onnxruntime_on_cpu_within_tolerance_of_torch(reference, onnx_
     assert_same_result(result, reference, max_pixel=2, max_changed_labels=0.01)
     rel = np.linalg.norm(result.magimg.astype(float) - reference.magimg) / np.linalg.norm(reference.magimg.astype(float))
     assert rel < 1e-2
+
+
+def test_auto_on_a_cpu_with_native_bf16_runs_the_step_nets_in_torch_bf16(reference, onnx_cache, monkeypatch):
+    """AMX / AVX512-BF16 CPUs: the encoder and decoder in ONNX Runtime fp32, Ψ, Φ and F/S in torch bf16
+    (the 640x480 figures are in docs/PERFORMANCE.md); the result stays within bf16's tolerance."""
+    monkeypatch.setattr("magicfuse_core.backends.cpu_has_native_bf16", lambda: True)
+    pipe = _pipe().use_backend("auto")
+    info = pipe.backend_info
+    assert (info.requested, info.name, info.options) == ("auto", "onnxruntime", {"sampler_nets": "torch-bf16"})
+    assert "native bf16" in info.notes[0]
+    assert isinstance(pipe.encoder, OrtNet) and isinstance(pipe.decoder, OrtNet)
+    assert not any(isinstance(h, OrtNet) for h in (pipe.ikr_denoiser, pipe.ckg_denoiser, pipe.fusion_net))
+    assert next(pipe.model.ikr.parameters()).dtype == torch.bfloat16
+    result = pipe(FRAME, seed=5)
+    assert_same_result(result, reference, max_pixel=10, max_changed_labels=0.02)
+    rel = np.linalg.norm(result.magimg.astype(float) - reference.magimg) / np.linalg.norm(reference.magimg.astype(float))
+    assert rel < 2e-2
+
+
+def test_sampler_nets_takes_only_known_places():
+    with pytest.raises(ValueError, match="sampler_nets must be one of onnxruntime \\| torch-bf16"):
+        _pipe().use_backend("onnxruntime:sampler_nets=tensorrt")
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse avx512f avx512bw amx_bf16 amx_tile", True),
+                                           ("fpu avx512f avx512_bf16", True),
+                                           ("fpu sse avx2 avx512f avx512bw avx512_vnni", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
+    from magicfuse_core.backends.registry import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(f"processor\t: 0\nflags\t\t: {flags}\nbugs\t: spectre\n") is native
+    assert cpu_has_native_bf16("") is False
 
 
 def test_auto_on_cuda_is_the_torch_fast_path():
@@ -246,7 +280,7 @@ def test_load_pipeline_says_once_which_backend_runs_and_why(onnx_cache):
     pipe = load_pipeline("random-tiny", backend="auto", steps=1, log=lines.append)
     said = [line for line in lines if line.startswith("backend:")]
     assert said == [f"backend: {pipe.backend_info.summary()}"]
-    assert "auto -> onnxruntime" in said[0] and "CPU: ONNX Runtime" in said[0]
+    assert "auto -> onnxruntime" in said[0] and "CPU" in said[0] and "ONNX Runtime" in said[0]
 
 
 def test_a_silent_onnxruntime_fallback_to_the_cpu_is_an_error():
