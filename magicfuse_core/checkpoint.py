@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models.autoencoder import Autoencoder, AutoencoderConfig
-from .models.fusion import FusionConfig, FusionNet
+from .models.fusion import DEFAULT_RADIATION_MAP, RADIATION_MAPS, FusionConfig, FusionNet
 from .models.fusion import PROFILES as FUSION_PROFILES
 from .models.unet import ConditionalUNet, UNetConfig, unet_config
 from .denoiser import EpsilonDenoiser
@@ -115,6 +115,7 @@ class MagicFuseModel:
     schedule: DDIMSchedule = field(default_factory=DDIMSchedule)
     tau: float = DEFAULT_TAU
     thermal_classes: tuple[int, ...] = DEFAULT_THERMAL_CLASSES
+    radiation_map: str = DEFAULT_RADIATION_MAP  # "hard" (the paper's) | "soft" (models/fusion.py)
     info: dict = field(default_factory=dict)  # provenance: trained?, data, steps, ...
 
     def modules(self) -> dict[str, nn.Module]:
@@ -175,6 +176,7 @@ def save_model(model: MagicFuseModel, folder: Path, dtype: torch.dtype | None = 
                      "beta_end": s.beta_end, "beta_schedule": s.beta_schedule, "steps": s.num_inference_steps},
         "tau": model.tau,
         "thermal_classes": list(model.thermal_classes),
+        "radiation_map": model.radiation_map,
         "info": model.info,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -203,4 +205,11 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
                             sch.get("beta_end", 0.012), sch.get("beta_schedule", "linear"), sch.get("steps", 25))
     return MagicFuseModel(mods["autoencoder"], mods["ikr"], mods["ckg"], mods["fusion"], schedule,
                           float(meta.get("tau", DEFAULT_TAU)), class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
+                          check_radiation_map(meta.get("radiation_map", DEFAULT_RADIATION_MAP), meta_path),
                           dict(meta.get("info", {})))
+
+
+def check_radiation_map(kind, where) -> str:
+    if kind not in RADIATION_MAPS:
+        raise ValueError(f"{where}: radiation_map must be one of {', '.join(RADIATION_MAPS)}, got {kind!r}")
+    return kind

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .models.fusion import correct_weight, fuse_noise, radiation_mask, upsample_logits
+from .models.fusion import DEFAULT_RADIATION_MAP, correct_weight, fuse_noise, radiation_mask, upsample_logits
 from .palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES
 from .schedule import DDIMSchedule
 
@@ -61,7 +61,7 @@ class StepOutput:
 
 def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_latent: torch.Tensor,
                state: StreamState, schedule: DDIMSchedule, index: int, *, tau: float = DEFAULT_TAU,
-               thermal_classes=DEFAULT_THERMAL_CLASSES) -> StepOutput:
+               thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP) -> StepOutput:
     """Step `index` of `schedule.timesteps`: three estimates, one weight, the radiation
     correction, one fused DDIM step (the paper's multi-domain knowledge fusion).
 
@@ -76,7 +76,7 @@ def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_
     z0_ikr = schedule.predict_x0(state.x_ikr, eps_ikr, index)
     z0_ckg = schedule.predict_x0(state.x_ckg, eps_ckg, index)
     w, seg_next = fusion_net(torch.cat([z0_ikr, z0_ckg, state.x_fused], dim=1), eps_ikr, eps_ckg, t, state.seg_state)
-    w_r = correct_weight(w.float(), radiation_mask(seg_next.detach(), thermal_classes), tau)
+    w_r = correct_weight(w.float(), radiation_mask(seg_next.detach(), thermal_classes, radiation_map).float(), tau)
     eps_fused = fuse_noise(w_r, eps_ikr, eps_ckg)
     x_fused, z0_fused = schedule.step(state.x_fused, eps_fused, index)
     nxt = StreamState(schedule.next_sample(z0_ikr, eps_ikr, index), schedule.next_sample(z0_ckg, eps_ckg, index),
@@ -121,6 +121,7 @@ def fused_sample(
     *,
     tau: float = DEFAULT_TAU,
     thermal_classes=DEFAULT_THERMAL_CLASSES,
+    radiation_map: str = DEFAULT_RADIATION_MAP,
     return_weights: bool = False,
     time_budget_s: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -153,7 +154,7 @@ def fused_sample(
                 cut_short = True
                 break
         step = fused_step(ikr_denoiser, ckg_denoiser, fusion_net, cond_latent, state, schedule, i, tau=tau,
-                          thermal_classes=thermal_classes)
+                          thermal_classes=thermal_classes, radiation_map=radiation_map)
         state = step.next
         steps_run += 1
         if return_weights:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from magicfuse_core.checkpoint import MagicFuseModel, save_model
+from magicfuse_core.models.fusion import DEFAULT_RADIATION_MAP
 from magicfuse_core.data import read_names
 from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids
 from magicfuse_core.schedule import DDIMSchedule
@@ -113,6 +114,7 @@ def main(argv=None) -> Path:
     model = MagicFuseModel(autoencoder=build_autoencoder(ae_spec), ikr=nets["ikr"], ckg=nets["ckg"],
                            fusion=nets["fusion"], schedule=schedule, tau=float(cfg["phase2"].get("tau", DEFAULT_TAU)),
                            thermal_classes=class_ids(cfg["phase2"].get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
+                           radiation_map=cfg["phase2"].get("radiation_map", DEFAULT_RADIATION_MAP),
                            info=info)
     out = save_model(model, repo_path(args.out), dtype=DTYPES[export.get("dtype", "float32")])
     size_mb = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from magicfuse_core.checkpoint import load_state_dict_strict
 from magicfuse_core.denoiser import EpsilonDenoiser
 from magicfuse_core.losses import segmentation_loss, visual_loss
-from magicfuse_core.models.fusion import upsample_logits
+from magicfuse_core.models.fusion import DEFAULT_RADIATION_MAP, upsample_logits
 from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids, colorize
 from magicfuse_core.sampler import StreamState, fused_step
 from magicfuse_core.schedule import DDIMSchedule
@@ -51,6 +51,7 @@ PHASE2_DEFAULTS = {
     "init_weight": None,           # start F from w = this everywhere (1: the IKR stream)
     "sampling_steps": 25,          # DDIM steps of the rollouts, recorded in the exported model
     "tau": DEFAULT_TAU,
+    "radiation_map": DEFAULT_RADIATION_MAP,  # "hard" (the paper's argmax) | "soft" (S's thermal probability)
     "thermal_classes": DEFAULT_THERMAL_CLASSES,
     "optimizer": "sgd",            # the paper's; or adamw
     "momentum": 0.9,
@@ -79,8 +80,8 @@ def frozen(denoiser):
 
 def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor, schedule: DDIMSchedule,
                     stop_index: int, g: torch.Generator, *, tau: float = DEFAULT_TAU,
-                    thermal_classes=DEFAULT_THERMAL_CLASSES, seg_weight: float = 1.0,
-                    fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
+                    thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP,
+                    seg_weight: float = 1.0, fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
     """The phase-2 loss of one batch (the paper's Algorithm 1).
 
     ikr, ckg: the frozen denoisers as the sampler calls them, `(x, t) -> eps`.
@@ -100,9 +101,10 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
     with torch.no_grad():  # steps before the stop step: no graph at all
         for i in range(stop_index):
             state = fused_step(ikr, ckg, fusion_no_grad, cond, state, schedule, i, tau=tau,
-                               thermal_classes=thermal_classes).next
+                               thermal_classes=thermal_classes, radiation_map=radiation_map).next
     # The stop step: F and S with gradients (the frozen denoisers still build no graph).
-    step = fused_step(ikr, ckg, fusion, cond, state, schedule, stop_index, tau=tau, thermal_classes=thermal_classes)
+    step = fused_step(ikr, ckg, fusion, cond, state, schedule, stop_index, tau=tau, thermal_classes=thermal_classes,
+                      radiation_map=radiation_map)
     with torch.no_grad():
         ikr_image, ckg_image = ae.decode_diffusion(torch.cat([step.z0_ikr, step.z0_ckg])).float().chunk(2)
     fused_image = ae.decode_diffusion(step.z0_fused).float()  # the frozen decoder passes gradients to z0_fused
@@ -241,7 +243,8 @@ def main(argv=None) -> dict:
         stop_index = int(torch.randint(schedule.num_inference_steps, (1,), generator=step_generator(seed, step, 0)))
         with autocast(device):
             loss, details = algorithm1_loss(ddp_fusion, ikr, ckg, ae, cond, mask, schedule, stop_index, g, tau=tau,
-                                            thermal_classes=thermal_classes, seg_weight=float(p["seg_weight"]),
+                                            thermal_classes=thermal_classes, radiation_map=p["radiation_map"],
+                                            seg_weight=float(p["seg_weight"]),
                                             fusion_no_grad=fusion)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

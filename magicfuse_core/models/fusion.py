@@ -52,8 +52,21 @@ PROFILES: dict[str, FusionConfig] = {
 }
 
 
-def radiation_mask(seg_state: torch.Tensor, thermal_classes=DEFAULT_THERMAL_CLASSES) -> torch.Tensor:
-    """(B, K, h, w) segmentation state -> (B, 1, h, w) float mask, 1 where argmax is a thermal class."""
+# How the segmentation state becomes the radiation map: "hard" (the paper's: 1 where the argmax is a
+# thermal class) or "soft" (the probability S gives the thermal classes together), which lets a person
+# S is unsure of still pull the weight towards tau in proportion, instead of not at all.
+RADIATION_MAPS = ("hard", "soft")
+DEFAULT_RADIATION_MAP = "hard"
+
+
+def radiation_mask(seg_state: torch.Tensor, thermal_classes=DEFAULT_THERMAL_CLASSES,
+                   kind: str = DEFAULT_RADIATION_MAP) -> torch.Tensor:
+    """(B, K, h, w) segmentation state -> (B, 1, h, w) float mask in [0, 1] (see RADIATION_MAPS)."""
+    if kind == "soft":
+        probs = torch.softmax(seg_state.float(), dim=1)
+        return probs[:, list(thermal_classes)].sum(dim=1, keepdim=True).to(seg_state.dtype)
+    if kind != "hard":
+        raise ValueError(f"radiation map must be one of {', '.join(RADIATION_MAPS)}, got {kind!r}")
     labels = seg_state.argmax(dim=1, keepdim=True)
     mask = torch.zeros_like(labels, dtype=torch.bool)
     for c in thermal_classes:
@@ -62,8 +75,11 @@ def radiation_mask(seg_state: torch.Tensor, thermal_classes=DEFAULT_THERMAL_CLAS
 
 
 def correct_weight(w: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
-    """w_r = M * min(w, tau) + (1 - M) * w: never let the visible stream dominate a hot target."""
-    return torch.where(mask.bool(), w.clamp(max=tau), w)
+    """w_r = M * min(w, tau) + (1 - M) * w: never let the visible stream dominate a hot target.
+    A hard mask selects; a soft mask in [0, 1] interpolates between the two."""
+    if mask.dtype == torch.bool or bool(((mask == 0) | (mask == 1)).all()):
+        return torch.where(mask.bool(), w.clamp(max=tau), w)
+    return w - mask * (w - tau).clamp(min=0)
 
 
 def fuse_noise(w: torch.Tensor, eps_ikr: torch.Tensor, eps_ckg: torch.Tensor) -> torch.Tensor:

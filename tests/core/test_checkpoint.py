@@ -26,6 +26,24 @@ def test_round_trip_gives_identical_networks(tiny_dir):
     assert b.schedule.timesteps == a.schedule.timesteps and b.tau == 0.4 and b.thermal_classes == (2,)
 
 
+def test_radiation_map_is_a_model_setting_the_pipeline_samples_with(tiny_dir):
+    from dataclasses import replace
+
+    model = load_model(tiny_dir)
+    assert model.radiation_map == "hard"  # folders written before the setting existed: the paper's map
+    soft_dir = save_model(replace(model, radiation_map="soft"), tiny_dir.parent / "soft")
+    assert json.loads((soft_dir / "model.json").read_text())["radiation_map"] == "soft"
+    frame = (np.random.default_rng(0).random((1, 24, 32, 3)) * 255).astype(np.uint8)
+    hard = MagicFusePipeline.from_pretrained(tiny_dir)(frame, seed=1, return_weights=True, tau=0.0)
+    soft = MagicFusePipeline.from_pretrained(soft_dir)(frame, seed=1, return_weights=True, tau=0.0)
+    assert not np.array_equal(hard.fusion_weight, soft.fusion_weight)
+    meta = json.loads((soft_dir / "model.json").read_text())
+    meta["radiation_map"] = "argmax"
+    (soft_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="radiation_map must be one of hard, soft, got 'argmax'"):
+        load_model(soft_dir)
+
+
 def test_missing_component_names_the_file(tiny_dir):
     (tiny_dir / "ckg.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ckg.safetensors"):
