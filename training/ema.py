@@ -16,10 +16,13 @@ class EMA:
     they follow the module if it moves.
     """
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, prefix: str = ""):
+        """`prefix`: average only the entries under it (e.g. "decoder."): frozen weights outside it stay
+        bit-exact (an average of a constant drifts by rounding)."""
         self.decay = float(decay)
         self.updates = 0
-        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items() if v.is_floating_point()}
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()
+                       if v.is_floating_point() and k.startswith(prefix)}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:

@@ -66,6 +66,25 @@ def test_radiation_correction_caps_w_only_on_thermal_classes():
     torch.testing.assert_close(correct_weight(low, radiation_mask(seg), 0.4), low)
 
 
+def test_soft_radiation_map_pulls_w_towards_tau_in_proportion_to_the_thermal_probability():
+    seg = torch.zeros(1, 9, 1, 3)
+    seg[0, 2, 0, 0] = 20.0              # surely a person
+    seg[0, 2, 0, 1] = torch.log(torch.tensor(8.0))  # person 8 / (8 + 9 unlabelled + 7 others) = one third,
+    seg[0, 0, 0, 1] = torch.log(torch.tensor(9.0))  # and not the argmax
+    seg[0, 1, 0, 2] = 20.0              # surely a car (not thermal here)
+    soft = radiation_mask(seg, (2,), kind="soft")
+    torch.testing.assert_close(soft[0, 0, 0], torch.tensor([1.0, 1 / 3, 0.0]), atol=1e-6, rtol=0)
+    w = torch.full((1, 8, 1, 3), 0.9)
+    w_r = correct_weight(w, soft, tau=0.4)
+    torch.testing.assert_close(w_r[0, 0, 0], torch.tensor([0.4, 0.9 - 0.5 / 3, 0.9]), atol=1e-6, rtol=0)
+    hard = correct_weight(w, radiation_mask(seg, (2,), kind="hard"), tau=0.4)
+    torch.testing.assert_close(hard[0, 0, 0], torch.tensor([0.4, 0.9, 0.9]))  # argmax: the unsure one is missed
+    low = torch.full_like(w, 0.1)  # below tau stays untouched, as with the hard map
+    torch.testing.assert_close(correct_weight(low, soft, 0.4), low)
+    with pytest.raises(ValueError, match="radiation map must be one of hard, soft"):
+        radiation_mask(seg, (2,), kind="argmax")
+
+
 def test_fusion_module_mixes_noises_with_the_corrected_weight():
     torch.manual_seed(0)
     net = FusionNet(FUSION_PROFILES["tiny"]).eval()
@@ -167,3 +186,32 @@ def test_the_denoiser_uses_the_schedule_it_is_given():
     cfg = unet_config("tiny").to_dict()
     with pytest.raises(ValueError, match="prediction"):
         UNetConfig.from_dict({**cfg, "prediction": "v"})
+
+
+def test_local_decoder_keeps_a_latent_change_local_and_the_released_one_does_not():
+    """Why the local decoder exists: a change of the latent in one place (the noise fusion in a person
+    region) must not move pixels far away; the released layout's InstanceNorm moves the whole frame."""
+    torch.manual_seed(0)
+    z = torch.rand(1, 8, 24, 24)
+    changed = z.clone()
+    changed[..., 2:6, 2:6] = 1 - changed[..., 2:6, 2:6]
+    far = (slice(None), slice(None), slice(64, None), slice(64, None))  # 40 px beyond the change
+    for kind, local in (("local", True), ("released", False)):
+        ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1, decoder=kind, decoder_channels=16,
+                                           decoder_blocks=2)).eval()
+        with torch.no_grad():
+            if kind == "local":  # trained blocks are not the identity: give the zero-initialised convs weights
+                for m in ae.decoder.modules():
+                    if isinstance(m, torch.nn.Conv2d):
+                        torch.nn.init.normal_(m.weight, std=0.1)
+            a, b = ae.decode(z), ae.decode(changed)
+        assert a.shape == (1, 3, 96, 96) and 0 <= float(a.min()) and float(a.max()) <= 1
+        assert (a[far] == b[far]).all() == local, kind
+        assert not torch.equal(a, b)
+
+
+def test_autoencoder_config_names_its_decoder():
+    with pytest.raises(ValueError, match="decoder must be one of released, local"):
+        AutoencoderConfig(decoder="transposed")
+    ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1, decoder="local", decoder_channels=16))
+    assert Autoencoder(AutoencoderConfig(**ae.config.to_dict())).decoder.__class__.__name__ == "LocalDecoder"
