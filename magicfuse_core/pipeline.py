@@ -310,7 +310,8 @@ def load_pipeline(model: str | Path | None = None, device: str = "cpu", backend:
     model: a model folder; None for $MAGICFUSE_MODEL or the bundled models/demo;
     "random-<profile>" (e.g. random-tiny) for untrained networks (plumbing only).
     device: cpu | cuda | cuda:N | auto. backend: a backend spec ("auto" by default:
-    ONNX Runtime on CPU, the torch fast path on CUDA). steps: DDIM steps (default:
+    ONNX Runtime on CPU, its step networks in torch bf16 on CPUs with native bf16, the
+    torch fast path on CUDA). steps: DDIM steps (default:
     the model's). size: (H, W), None for native resolution, "auto" for the model's
     recorded size. The chosen backend, and why, is logged once (`log`, default stderr).
     """

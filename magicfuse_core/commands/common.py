@@ -25,7 +25,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"{' | '.join(BACKENDS)}, optionally NAME:KEY=VALUE,... (default: {DEFAULT_BACKEND}: "
-                        "ONNX Runtime on CPU, the torch fast path on CUDA)")
+                        "ONNX Runtime on CPU, with the step networks in torch bf16 where the CPU computes bf16 "
+                        "natively; the torch fast path on CUDA)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                    help="inference size; outputs are resized back (default: the model's recorded size, else native)")
