@@ -104,6 +104,12 @@ def load_component(folder: Path, name: str, device: str | torch.device = "cpu") 
     return module.to(device).eval()
 
 
+# How MagImg is decoded: "own" (its latent alone, as the paper) or "ikr" (in the IKR stream's tone:
+# the decoder normalises with the statistics of decoding the IKR latent, `styled_decoder`). With the
+# released decoder's InstanceNorm, "own" lets a region the radiation map mixed in re-tone the whole frame.
+MAGIMG_TONES = ("own", "ikr")
+
+
 @dataclass
 class MagicFuseModel:
     """All networks of MagicFuse plus the settings the sampler needs."""
@@ -116,6 +122,7 @@ class MagicFuseModel:
     tau: float = DEFAULT_TAU
     thermal_classes: tuple[int, ...] = DEFAULT_THERMAL_CLASSES
     radiation_map: str = DEFAULT_RADIATION_MAP  # "hard" (the paper's) | "soft" (models/fusion.py)
+    magimg_tone: str = "own"  # MAGIMG_TONES
     info: dict = field(default_factory=dict)  # provenance: trained?, data, steps, ...
 
     def modules(self) -> dict[str, nn.Module]:
@@ -177,6 +184,7 @@ def save_model(model: MagicFuseModel, folder: Path, dtype: torch.dtype | None = 
         "tau": model.tau,
         "thermal_classes": list(model.thermal_classes),
         "radiation_map": model.radiation_map,
+        "magimg_tone": model.magimg_tone,
         "info": model.info,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -205,11 +213,13 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
                             sch.get("beta_end", 0.012), sch.get("beta_schedule", "linear"), sch.get("steps", 25))
     return MagicFuseModel(mods["autoencoder"], mods["ikr"], mods["ckg"], mods["fusion"], schedule,
                           float(meta.get("tau", DEFAULT_TAU)), class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
-                          check_radiation_map(meta.get("radiation_map", DEFAULT_RADIATION_MAP), meta_path),
+                          check_setting("radiation_map", meta.get("radiation_map", DEFAULT_RADIATION_MAP),
+                                        RADIATION_MAPS, meta_path),
+                          check_setting("magimg_tone", meta.get("magimg_tone", "own"), MAGIMG_TONES, meta_path),
                           dict(meta.get("info", {})))
 
 
-def check_radiation_map(kind, where) -> str:
-    if kind not in RADIATION_MAPS:
-        raise ValueError(f"{where}: radiation_map must be one of {', '.join(RADIATION_MAPS)}, got {kind!r}")
-    return kind
+def check_setting(name: str, value, choices, where) -> str:
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value

@@ -10,6 +10,8 @@ Components (h, w = latent size = padded image size / 4):
     fusion     x24 (B, 24, h, w), eps_ikr, eps_ckg (B, 8, h, w),
                t (B,), seg_state (B, 9, h, w)               -> w (B, 8, h, w), seg_state_next (B, 9, h, w)
     decoder    latent (B, 8, h, w) in [0, 1]                -> image (B, 3, 4h, 4w) in [0, 1]
+    styled_decoder  latent, style_latent (B, 8, h, w) in [0, 1] -> image (B, 3, 4h, 4w): `latent` decoded
+               in `style_latent`'s tone (MagImg in the IKR stream's, see MagicFuseModel.magimg_tone)
     encoder    image (B, 3, 4h, 4w) in [0, 1], noise (B, 32, h, w) -> latent (B, 8, h, w) in [0, 1]
 
 ikr/ckg always return the noise eps, whatever their body predicts (see
@@ -37,10 +39,11 @@ NET_IO: dict[str, NetIO] = {
     "ckg": NetIO(("x", "t"), ("eps",)),
     "fusion": NetIO(("x24", "eps_ikr", "eps_ckg", "t", "seg_state"), ("w", "seg_state_next")),
     "decoder": NetIO(("latent",), ("image",)),
+    "styled_decoder": NetIO(("latent", "style_latent"), ("image",)),
     "encoder": NetIO(("image", "noise"), ("latent",)),
 }
 SAMPLER_COMPONENTS = ("ikr", "ckg", "fusion")          # run at every step
-AUTOENCODER_COMPONENTS = ("encoder", "decoder")        # run once (encode) and per decoded output
+AUTOENCODER_COMPONENTS = ("encoder", "decoder", "styled_decoder")  # once (encode) and per decoded output
 DEFAULT_COMPONENTS = SAMPLER_COMPONENTS + AUTOENCODER_COMPONENTS
 
 
@@ -82,6 +85,7 @@ def input_shapes(channels: Channels, component: str, batch: int, h: int, w: int)
         "fusion": {"x24": (batch, 3 * lc, h, w), "eps_ikr": (batch, lc, h, w), "eps_ckg": (batch, lc, h, w),
                    "t": (batch,), "seg_state": (batch, k, h, w)},
         "decoder": {"latent": (batch, lc, h, w)},
+        "styled_decoder": {"latent": (batch, lc, h, w), "style_latent": (batch, lc, h, w)},
         "encoder": {"image": (batch, 3, LATENT_SCALE * h, LATENT_SCALE * w), "noise": (batch, channels.noise, h, w)},
     }
     if component not in shapes:
@@ -97,6 +101,7 @@ def output_shapes(channels: Channels, component: str, batch: int, h: int, w: int
         "ckg": {"eps": (batch, lc, h, w)},
         "fusion": {"w": (batch, lc, h, w), "seg_state_next": (batch, k, h, w)},
         "decoder": {"image": (batch, 3, LATENT_SCALE * h, LATENT_SCALE * w)},
+        "styled_decoder": {"image": (batch, 3, LATENT_SCALE * h, LATENT_SCALE * w)},
         "encoder": {"latent": (batch, lc, h, w)},
     }
     if component not in shapes:

@@ -154,7 +154,7 @@ class MagicFusePipeline:
         already lost stays lost. `backend_info` says what runs and why."""
         hooks, info = build_hooks(self.model, self.device, spec, inference_size=self.inference_size, **opts)
         self.ikr_denoiser, self.ckg_denoiser, self.fusion_net = hooks["ikr"], hooks["ckg"], hooks["fusion"]
-        self.encoder, self.decoder = hooks["encoder"], hooks["decoder"]
+        self.encoder, self.decoder, self.styled_decoder = hooks["encoder"], hooks["decoder"], hooks["styled_decoder"]
         if info.fixed_size is not None and self.inference_size != info.fixed_size:
             info.notes.append(f"frames run at the backend's {info.fixed_size[0]}x{info.fixed_size[1]} and outputs are "
                               "resized back")
@@ -263,14 +263,21 @@ class MagicFusePipeline:
         )
 
     def _decode(self, out, wanted, rh: int, rw: int, h: int, w: int) -> dict[str, torch.Tensor]:
-        """One batched decoder pass over the image kinds asked for -> {kind: (B, 3, h, w) in [0, 1]}."""
+        """The image kinds asked for -> {kind: (B, 3, h, w) in [0, 1]}: one batched decoder pass, and
+        MagImg in the IKR stream's tone when the model says so (`magimg_tone: ikr`)."""
+        ae = self.model.autoencoder
         latents = {"magimg": out.z0_fused, "ikr": out.z0_ikr, "ckg": out.z0_ckg}
         kinds = [k for k in IMAGE_OUTPUTS if k in wanted]
-        if not kinds:
-            return {}
-        z = torch.cat([latents[k] for k in kinds])
-        images = self.decoder(self.model.autoencoder.from_diffusion(z)).float()[..., :rh, :rw]
-        return dict(zip(kinds, self._to_input_size(images, h, w).chunk(len(kinds))))
+        styled = "magimg" in kinds and self.model.magimg_tone == "ikr"
+        plain = [k for k in kinds if not (styled and k == "magimg")]
+        images = {}
+        if plain:
+            decoded = self.decoder(ae.from_diffusion(torch.cat([latents[k] for k in plain]))).float()
+            images.update(zip(plain, decoded.chunk(len(plain))))
+        if styled:
+            images["magimg"] = self.styled_decoder(ae.from_diffusion(out.z0_fused),
+                                                   ae.from_diffusion(out.z0_ikr)).float()
+        return {k: self._to_input_size(images[k][..., :rh, :rw], h, w) for k in kinds}
 
     @staticmethod
     def _to_input_size(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -103,7 +103,8 @@ def evaluate(pipe: MagicFusePipeline, data: Path, names: list[str], size: tuple[
     summary = card.summarise(frames)
     results = {
         "frames": len(names), "inference_size": list(size) if size else list(clean.shape[:2]),
-        "steps": pipe.steps, "tau": pipe.model.tau, "seconds_per_frame": float(np.mean(t_infer)),
+        "steps": pipe.steps, "tau": pipe.model.tau, "radiation_map": pipe.model.radiation_map,
+        "magimg_tone": pipe.model.magimg_tone, "seconds_per_frame": float(np.mean(t_infer)),
         "eval_wall_s": time.time() - start,
         "fusion_full_res": summary["fusion"],
         "fusion_inference_res": mean_table(small, metrics.METRIC_NAMES)["mean"] if size else None,
@@ -336,7 +337,9 @@ def model_card(r: dict, grid_path: Path) -> str:
         *([f"| training history | {info['notes']} |"] if info.get("notes") else []),
         f"| inference | {r['inference_size'][0]}x{r['inference_size'][1]} "
         f"({'`info.inference_size`' if info.get('inference_size') else 'native: the frame size'}), "
-        f"{r['steps']} DDIM steps, tau {r['tau']:g}, {r['seconds_per_frame']:.2f} s per frame on this CPU |",
+        f"{r['steps']} DDIM steps, tau {r['tau']:g} ({r.get('radiation_map', 'hard')} radiation map), MagImg decoded "
+        f"{'in the IKR stream' + chr(39) + 's tone' if r.get('magimg_tone') == 'ikr' else 'alone'}, "
+        f"{r['seconds_per_frame']:.2f} s per frame on this CPU |",
         "",
         "## Evaluation protocol",
         "",

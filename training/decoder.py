@@ -76,27 +76,34 @@ def soft_masks(n: int, size: tuple[int, int], g: torch.Generator) -> torch.Tenso
 
 
 def make_batch(cache: LatentCache, clean: torch.Tensor, ir: torch.Tensor, p: dict, g: torch.Generator):
-    """(latents in [0, 1], target frames in [0, 1]) for one step."""
+    """(crop latents, whole-frame latents, target crops), latents in [0, 1], for one step.
+
+    The decoder decodes the crop but reads the frame's tone from the whole frame, as it does at
+    inference (the released latent holds a frame's brightness only globally)."""
     n, c = p["batch_size"], p["latent_crop"]
     frames = torch.randint(len(cache), (n,), generator=g)
     lh, lw = cache.clean.shape[-2:]
     tops, lefts = torch.randint(lh - c + 1, (n,), generator=g), torch.randint(lw - c + 1, (n,), generator=g)
-    z_vis, z_ir, x_vis, x_ir = [], [], [], []
-    for f, y, x in zip(frames.tolist(), tops.tolist(), lefts.tolist()):
-        z_vis.append(cache.clean[f, :, y:y + c, x:x + c])
-        z_ir.append(cache.ir[f, :, y:y + c, x:x + c])
-        x_vis.append(clean[f, :, 4 * y:4 * (y + c), 4 * x:4 * (x + c)])
-        x_ir.append(ir[f, :, 4 * y:4 * (y + c), 4 * x:4 * (x + c)].expand(3, -1, -1))
     # the cache holds diffusion-space latents (2z - 1); the decoder reads z in [0, 1]
-    z_vis, z_ir = Autoencoder.from_diffusion(torch.stack(z_vis).float()), Autoencoder.from_diffusion(torch.stack(z_ir).float())
-    x_vis, x_ir = torch.stack(x_vis).float() / 255, torch.stack(x_ir).float() / 255
-    # m = 1 keeps the visible stream, 0 the infrared one; unmixed samples take either stream whole
+    z_vis = Autoencoder.from_diffusion(cache.clean[frames].float())
+    z_ir = Autoencoder.from_diffusion(cache.ir[frames].float())
+    # m = 1 keeps the visible stream, 0 the infrared one, inside the crop; unmixed samples take a stream whole
     m = soft_masks(n, (c, c), g)
     mixed = torch.rand(n, 1, 1, 1, generator=g) < p["mix_prob"]
     whole = (torch.rand(n, 1, 1, 1, generator=g) < 0.5).float()
     m = torch.where(mixed, m, whole)
-    m_image = F.interpolate(m, scale_factor=4, mode="bilinear", align_corners=False)
-    return m * z_vis + (1 - m) * z_ir, m_image * x_vis + (1 - m_image) * x_ir
+    m_frame = whole.expand(-1, 1, lh, lw).clone()
+    crops, targets = [], []
+    for i, (f, y, x) in enumerate(zip(frames.tolist(), tops.tolist(), lefts.tolist())):
+        m_frame[i, :, y:y + c, x:x + c] = m[i]
+        m_image = F.interpolate(m[i:i + 1], scale_factor=4, mode="bilinear", align_corners=False)[0]
+        x_vis = clean[f, :, 4 * y:4 * (y + c), 4 * x:4 * (x + c)].float() / 255
+        x_ir = ir[f, :, 4 * y:4 * (y + c), 4 * x:4 * (x + c)].float().expand(3, -1, -1) / 255
+        targets.append(m_image * x_vis + (1 - m_image) * x_ir)
+    frame_latents = m_frame * z_vis + (1 - m_frame) * z_ir
+    for i, (y, x) in enumerate(zip(tops.tolist(), lefts.tolist())):
+        crops.append(frame_latents[i, :, y:y + c, x:x + c])
+    return torch.stack(crops), frame_latents, torch.stack(targets)
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, edge_weight: float) -> torch.Tensor:
@@ -157,8 +164,8 @@ def main(argv=None) -> dict:
     bar = tqdm(total=max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, desc="decoder")
     while step < max_steps:
         g = step_generator(seed, step, 0)
-        latents, target = make_batch(cache, clean, ir, p, g)
-        loss = reconstruction_loss(decoder(latents), target, p["edge_weight"])
+        latents, frame_latents, target = make_batch(cache, clean, ir, p, g)
+        loss = reconstruction_loss(decoder(latents, style_latent=frame_latents), target, p["edge_weight"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

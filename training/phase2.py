@@ -52,6 +52,7 @@ PHASE2_DEFAULTS = {
     "sampling_steps": 25,          # DDIM steps of the rollouts, recorded in the exported model
     "tau": DEFAULT_TAU,
     "radiation_map": DEFAULT_RADIATION_MAP,  # "hard" (the paper's argmax) | "soft" (S's thermal probability)
+    "magimg_tone": "own",          # decode the fused image alone ("own") or in the IKR image's tone ("ikr")
     "thermal_classes": DEFAULT_THERMAL_CLASSES,
     "optimizer": "sgd",            # the paper's; or adamw
     "momentum": 0.9,
@@ -81,7 +82,7 @@ def frozen(denoiser):
 def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor, schedule: DDIMSchedule,
                     stop_index: int, g: torch.Generator, *, tau: float = DEFAULT_TAU,
                     thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP,
-                    seg_weight: float = 1.0, fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
+                    magimg_tone: str = "own", seg_weight: float = 1.0, fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
     """The phase-2 loss of one batch (the paper's Algorithm 1).
 
     ikr, ckg: the frozen denoisers as the sampler calls them, `(x, t) -> eps`.
@@ -107,7 +108,9 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
                       radiation_map=radiation_map)
     with torch.no_grad():
         ikr_image, ckg_image = ae.decode_diffusion(torch.cat([step.z0_ikr, step.z0_ckg])).float().chunk(2)
-    fused_image = ae.decode_diffusion(step.z0_fused).float()  # the frozen decoder passes gradients to z0_fused
+    # the frozen decoder passes gradients to z0_fused; F learns with the decoding inference uses
+    style = ae.from_diffusion(step.z0_ikr) if magimg_tone == "ikr" else None
+    fused_image = ae.decoder(ae.from_diffusion(step.z0_fused), style_latent=style).float()
     vis_total, parts = visual_loss(fused_image, ikr_image, ckg_image)
     seg_next = step.next.seg_state
     seg = segmentation_loss(upsample_logits(seg_next.float()), mask)
@@ -244,6 +247,7 @@ def main(argv=None) -> dict:
         with autocast(device):
             loss, details = algorithm1_loss(ddp_fusion, ikr, ckg, ae, cond, mask, schedule, stop_index, g, tau=tau,
                                             thermal_classes=thermal_classes, radiation_map=p["radiation_map"],
+                                            magimg_tone=p["magimg_tone"],
                                             seg_weight=float(p["seg_weight"]),
                                             fusion_no_grad=fusion)
         optimizer.zero_grad(set_to_none=True)

@@ -59,6 +59,17 @@ class EncoderWithNoise(nn.Module):
         return self.encoder(image, noise=noise)
 
 
+class StyledDecoder(nn.Module):
+    """decoder(latent, style_latent) as one graph (the style latent is an input, not an option)."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, latent: torch.Tensor, style_latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent, style_latent=style_latent)
+
+
 def component_module(model: MagicFuseModel, component: str) -> nn.Module:
     """The torch module whose forward matches the component's ONNX signature."""
     if component in ("ikr", "ckg"):
@@ -67,6 +78,8 @@ def component_module(model: MagicFuseModel, component: str) -> nn.Module:
         return model.fusion
     if component == "decoder":
         return model.autoencoder.decoder
+    if component == "styled_decoder":
+        return StyledDecoder(model.autoencoder.decoder)
     if component == "encoder":
         return EncoderWithNoise(model.autoencoder.encoder)
     raise ValueError(f"unknown component {component!r}; known: {', '.join(NET_IO)}")
@@ -89,7 +102,7 @@ def example_inputs(model: MagicFuseModel, component: str, batch: int, h: int, w:
     for name, shape in input_shapes(Channels.of(model), component, batch, h, w).items():
         if name == "t":
             out[name] = torch.randint(0, 1000, shape, generator=g).float()
-        elif name in ("latent", "image"):
+        elif name in ("latent", "style_latent", "image"):
             out[name] = torch.rand(shape, generator=g)
         else:
             out[name] = torch.randn(shape, generator=g)

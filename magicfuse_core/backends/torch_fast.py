@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..denoiser import EpsilonDenoiser
 from ..io_contract import SAMPLER_COMPONENTS
-from .onnx_export import EncoderWithNoise
+from .onnx_export import EncoderWithNoise, StyledDecoder
 
 log = logging.getLogger(__name__)
 
@@ -184,5 +184,6 @@ def torch_hooks(model, device: torch.device, *, precision: str = "fp32", channel
 
 
 def autoencoder_hooks(model) -> dict[str, Callable]:
-    """The encoder and decoder as eager fp32 torch hooks (once per frame, InstanceNorm-heavy)."""
-    return {"encoder": EncoderWithNoise(model.autoencoder.encoder), "decoder": model.autoencoder.decoder}
+    """The encoder and decoders as eager fp32 torch hooks (once per frame, InstanceNorm-heavy)."""
+    return {"encoder": EncoderWithNoise(model.autoencoder.encoder), "decoder": model.autoencoder.decoder,
+            "styled_decoder": StyledDecoder(model.autoencoder.decoder)}

@@ -8,11 +8,11 @@ so encoding is stochastic.
 
 Two decoders read the same latent space: the released layout (`decoder="released"`,
 InstanceNorm after every conv, most of its work at full resolution) and ours
-(`decoder="local"`, no normalisation, most of its work at H/4): each output
-pixel depends only on the latents around it, so a latent mixed from two streams
-decodes to the two images mixed in the same places (the released decoder's
-per-image statistics shift the whole frame instead), and it costs about 2.4x
-fewer multiply-adds. Callers pass that noise explicitly (`noise=`) or a
+(`decoder="local"`, no normalisation, most of its work at H/4, one global tone
+code): an output pixel depends on the latents around it and on the frame's tone,
+so a latent mixed from two streams decodes to the two images mixed in about the
+same places (the released decoder's per-layer statistics shift the whole frame
+instead), and it costs about 2.4x fewer multiply-adds. Callers pass that noise explicitly (`noise=`) or a
 `torch.Generator` (`generator=`) to make results reproducible.
 """
 from __future__ import annotations
@@ -131,11 +131,37 @@ class Decoder(nn.Module):
         self.resnet3 = _res_stack(c, cfg.num_res_blocks, nn.ReLU)
         self.deconv = nn.Sequential(nn.Conv2d(c, 3, 3, padding=1), nn.Sigmoid())
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, style_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """`style_latent`: normalise every layer with the statistics of decoding that latent instead of
+        `latent`'s own, which makes the decoder a fixed local filter for this frame: a region mixed into
+        `latent` changes only the pixels around it, in the frame's own tone (see _paired)."""
+        if style_latent is not None:
+            return _paired(self, style_latent, latent)[1]
         h = self.resnet1(self.input(latent))
         h = self.resnet2(self.upsample1(h))
         h = self.resnet3(self.upsample2(h))
         return self.deconv(h)
+
+
+def _paired(module: nn.Module, style: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `module` on `style` and on `x` side by side; every InstanceNorm normalises both with the
+    style's per-image statistics (the released layout: Sequential, ResidualBlock, conv, norm, activations)."""
+    if isinstance(module, nn.InstanceNorm2d):
+        mean = style.mean(dim=(2, 3), keepdim=True)
+        var = style.var(dim=(2, 3), keepdim=True, unbiased=False)
+        scale = torch.rsqrt(var + module.eps)
+        return (style - mean) * scale, (x - mean) * scale
+    if isinstance(module, ResidualBlock):
+        s, h = _paired(module.blocks, style, x)
+        return style + s, x + h
+    if isinstance(module, (nn.Sequential, Decoder)):
+        children = (list(module.children()) if isinstance(module, nn.Sequential) else
+                    [module.input, module.resnet1, module.upsample1, module.resnet2, module.upsample2,
+                     module.resnet3, module.deconv])
+        for child in children:
+            style, x = _paired(child, style, x)
+        return style, x
+    return module(style), module(x)  # convolutions, activations, upsampling: per pixel neighbourhood
 
 
 class _PlainResidual(nn.Module):
@@ -157,14 +183,26 @@ class LocalDecoder(nn.Module):
     """(B, 8, h, w) in [0, 1] -> (B, 3, 4h, 4w) in [0, 1], without normalisation layers.
 
     Residual blocks at the latent resolution, then two pixel-shuffle x2 stages
-    (sub-pixel convolution: learned upsampling, no checkerboard from transposed
-    convs). Receptive field about 2x(2*blocks+2)+6 latent pixels; nothing global.
+    (sub-pixel convolution). Everything is local (receptive field ~20 latent
+    pixels) except one global code: the released encoder normalises every image
+    (InstanceNorm after its first conv), so its latent of a frame and of the same
+    frame at half the brightness are equal, and a frame's brightness can only be
+    read from the whole latent. The code (mean and standard deviation over the
+    frame of a small strided "tone" branch, through an MLP) scales and shifts the
+    features once. A region mixed into the latent moves it by about its share of
+    the frame, instead of renormalising every layer as InstanceNorm does; with
+    `style_latent=` (the frame the tone comes from) decoding is exactly local.
     """
 
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         c = cfg.decoder_channels
         self.input = nn.Sequential(nn.Conv2d(cfg.latent_channels, c, 3, padding=1), nn.SiLU())
+        self.tone = nn.Sequential(nn.Conv2d(cfg.latent_channels, c // 2, 3, 2, 1), nn.SiLU(),
+                                  nn.Conv2d(c // 2, c, 3, 2, 1), nn.SiLU(), nn.Conv2d(c, c, 3, 2, 1), nn.SiLU())
+        self.style = nn.Sequential(nn.Linear(2 * c, c), nn.SiLU(), nn.Linear(c, 2 * c))
+        nn.init.zeros_(self.style[-1].weight)  # starts as no modulation
+        nn.init.zeros_(self.style[-1].bias)
         self.blocks = nn.Sequential(*[_PlainResidual(c) for _ in range(cfg.decoder_blocks)])
         self.up1 = nn.Sequential(nn.Conv2d(c, 2 * c, 3, padding=1), nn.PixelShuffle(2), nn.SiLU())  # c/2 at h*2
         self.mid = _PlainResidual(c // 2)
@@ -172,8 +210,15 @@ class LocalDecoder(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(c // 4, c // 4, 3, padding=1), nn.SiLU(),
                                  nn.Conv2d(c // 4, 3, 3, padding=1))
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.input(latent))
+    def global_code(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.tone(latent)
+        stats = torch.cat([features.mean(dim=(2, 3)), features.std(dim=(2, 3))], dim=1)
+        scale, shift = self.style(stats)[:, :, None, None].chunk(2, dim=1)
+        return scale, shift
+
+    def forward(self, latent: torch.Tensor, style_latent: torch.Tensor | None = None) -> torch.Tensor:
+        scale, shift = self.global_code(latent if style_latent is None else style_latent)
+        h = self.blocks(self.input(latent) * (1 + scale) + shift)
         image = self.out(self.up2(self.mid(self.up1(h))))
         # Clamped, not a sigmoid: MSRS frames are dark (mean 0.08), and a sigmoid pushed towards 0
         # saturates and stops learning. Training sees the raw values so an overshoot keeps its gradient.

@@ -245,6 +245,14 @@ def test_auto_on_a_cpu_with_native_bf16_runs_the_step_nets_in_torch_bf16(referen
     assert rel < 2e-2
 
 
+def test_onnxruntime_styled_decoder_matches_torch(onnx_cache):
+    pipe = _pipe()
+    latent, style = torch.rand(1, 8, 8, 12), torch.rand(1, 8, 8, 12)
+    want = pipe.model.autoencoder.decoder(latent, style_latent=style)
+    got = pipe.use_backend("onnxruntime").styled_decoder(latent, style)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
 def test_sampler_nets_takes_only_known_places():
     with pytest.raises(ValueError, match="sampler_nets must be one of onnxruntime \\| torch-bf16"):
         _pipe().use_backend("onnxruntime:sampler_nets=tensorrt")

@@ -44,6 +44,32 @@ def test_radiation_map_is_a_model_setting_the_pipeline_samples_with(tiny_dir):
         load_model(soft_dir)
 
 
+def test_magimg_tone_ikr_decodes_only_magimg_in_the_ikr_tone(tiny_dir):
+    from dataclasses import replace
+
+    from magicfuse_core.checkpoint import MAGIMG_TONES
+
+    assert load_model(tiny_dir).magimg_tone == "own" and MAGIMG_TONES == ("own", "ikr")
+    ikr_dir = save_model(replace(load_model(tiny_dir), magimg_tone="ikr"), tiny_dir.parent / "ikr_tone")
+    assert load_model(ikr_dir).magimg_tone == "ikr"
+    frame = (np.random.default_rng(0).random((1, 24, 32, 3)) * 255).astype(np.uint8)
+    own = MagicFusePipeline.from_pretrained(tiny_dir)(frame, seed=1)
+    pipe = MagicFusePipeline.from_pretrained(ikr_dir)
+    calls = []
+    styled = pipe.styled_decoder
+    pipe.styled_decoder = lambda latent, style: calls.append(latent.shape) or styled(latent, style)
+    toned = pipe(frame, seed=1)
+    assert calls == [(1, 8, 8, 8)]  # MagImg only, once
+    np.testing.assert_array_equal(toned.ikr, own.ikr)
+    np.testing.assert_array_equal(toned.ckg, own.ckg)
+    assert not np.array_equal(toned.magimg, own.magimg)
+    meta = json.loads((ikr_dir / "model.json").read_text())
+    meta["magimg_tone"] = "vis"
+    (ikr_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="magimg_tone must be one of own, ikr, got 'vis'"):
+        load_model(ikr_dir)
+
+
 def test_missing_component_names_the_file(tiny_dir):
     (tiny_dir / "ckg.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ckg.safetensors"):

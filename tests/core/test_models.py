@@ -190,7 +190,8 @@ def test_the_denoiser_uses_the_schedule_it_is_given():
 
 def test_local_decoder_keeps_a_latent_change_local_and_the_released_one_does_not():
     """Why the local decoder exists: a change of the latent in one place (the noise fusion in a person
-    region) must not move pixels far away; the released layout's InstanceNorm moves the whole frame."""
+    region) must not move pixels far away; the released layout's InstanceNorm moves the whole frame.
+    The local decoder's one global input, the frame's tone, is held fixed here (`style_latent=`)."""
     torch.manual_seed(0)
     z = torch.rand(1, 8, 24, 24)
     changed = z.clone()
@@ -204,7 +205,20 @@ def test_local_decoder_keeps_a_latent_change_local_and_the_released_one_does_not
                 for m in ae.decoder.modules():
                     if isinstance(m, torch.nn.Conv2d):
                         torch.nn.init.normal_(m.weight, std=0.1)
-            a, b = ae.decode(z), ae.decode(changed)
+                ae.decoder.out[-1].bias.fill_(0.5)  # mid-grey, inside the output clamp
+            if kind == "local":
+                for m in ae.decoder.style.modules():
+                    if isinstance(m, torch.nn.Linear):
+                        torch.nn.init.normal_(m.weight, std=0.1)
+                a, b = ae.decoder(z, style_latent=z), ae.decoder(changed, style_latent=z)
+                assert not torch.equal(ae.decoder(changed)[far], a[far])  # the tone itself is global
+            else:
+                a, b = ae.decode(z), ae.decode(changed)
+                # with the frame's own statistics held fixed (style_latent) the released layout is local too
+                fa, fb = ae.decoder(z, style_latent=z), ae.decoder(changed, style_latent=z)
+                torch.testing.assert_close(fa, a, atol=1e-5, rtol=0)
+                torch.testing.assert_close(fa[far], fb[far], atol=1e-6, rtol=0)
+                assert not torch.equal(fa, fb)
         assert a.shape == (1, 3, 96, 96) and 0 <= float(a.min()) and float(a.max()) <= 1
         assert (a[far] == b[far]).all() == local, kind
         assert not torch.equal(a, b)

@@ -56,8 +56,25 @@ def test_mixed_latent_batches_target_the_frames_mixed_the_same_way():
     clean = torch.zeros(1, 3, 24, 24, dtype=torch.uint8)
     ir = torch.full((1, 1, 24, 24), 255, dtype=torch.uint8)
     p = {"batch_size": 16, "latent_crop": 6, "mix_prob": 1.0}
-    latents, target = decoder.make_batch(cache, clean, ir, p, torch.Generator().manual_seed(0))
+    latents, frame_latents, target = decoder.make_batch(cache, clean, ir, p, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(frame_latents, latents)  # the crop is the whole 6x6 frame here
     m = 1 - latents[:, :1]  # latent = m * 0 + (1 - m) * 1: m keeps the visible stream
     expected = 1 - torch.nn.functional.interpolate(m, scale_factor=4, mode="bilinear", align_corners=False)
     torch.testing.assert_close(target, expected.expand(-1, 3, -1, -1))
     assert 0.05 < float(m.mean()) < 0.95 and float(m.std()) > 0.05  # real mixes, not whole frames
+
+
+def test_the_tone_comes_from_the_whole_frame_the_crop_is_cut_from():
+    """Crops decode with the whole frame's latent as `style_latent`, mixed the same way inside the crop."""
+    g = torch.Generator().manual_seed(1)
+    cache = _Cache(torch.rand(2, 8, 12, 16, generator=g) * 2 - 1, torch.rand(2, 8, 12, 16, generator=g) * 2 - 1)
+    clean = torch.randint(0, 255, (2, 3, 48, 64), dtype=torch.uint8, generator=g)
+    ir = torch.randint(0, 255, (2, 1, 48, 64), dtype=torch.uint8, generator=g)
+    latents, frame_latents, target = decoder.make_batch(cache, clean, ir, {"batch_size": 6, "latent_crop": 4,
+                                                                           "mix_prob": 0.5}, g)
+    assert latents.shape == (6, 8, 4, 4) and frame_latents.shape == (6, 8, 12, 16) and target.shape == (6, 3, 16, 16)
+    found = 0
+    for crop, frame in zip(latents, frame_latents):  # each crop is a window of its own frame latent
+        windows = frame.unfold(1, 4, 1).unfold(2, 4, 1).permute(1, 2, 0, 3, 4)
+        found += int(((windows - crop).abs().flatten(2).amax(-1) < 1e-6).any())
+    assert found == 6

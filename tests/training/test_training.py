@@ -226,6 +226,22 @@ def test_phase2_gradients_reach_only_fusion_and_only_at_the_stop_step():
     assert grads["estimate.1.weight"].abs().sum() > 0                                      # the weight head of F
 
 
+def test_phase2_decodes_the_fused_image_in_the_ikr_tone_when_asked():
+    """magimg_tone: ikr trains F with the decoding inference then uses; the weight head still learns."""
+    ae, ikr, ckg, fusion = tiny_frozen_nets()
+    cond = torch.rand(2, 8, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 32, 32, dtype=torch.long)
+    losses = {}
+    for tone in ("own", "ikr"):
+        fusion.zero_grad(set_to_none=True)
+        loss, details = phase2.algorithm1_loss(fusion, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=5),
+                                               stop_index=4, g=torch.Generator().manual_seed(0), magimg_tone=tone)
+        loss.backward()
+        assert fusion.estimate[1].weight.grad.abs().sum() > 0
+        losses[tone] = float(details["visual"])
+    assert losses["own"] != losses["ikr"]
+
+
 @pytest.mark.parametrize("stop_index", [0, 2, 4])
 def test_phase2_rolls_out_the_trajectory_inference_samples(stop_index):
     """Training's rollout down to the stop step is fused_sample's trajectory, step for step."""
