@@ -42,6 +42,7 @@ from .backends import DEFAULT_BACKEND, BackendInfo, build_hooks
 from .checkpoint import MagicFuseModel, load_model, random_model
 from .color import luma, to_uint8
 from .io_contract import PAD_MULTIPLE
+from .models.fusion import class_labels
 from .palette import class_ids
 from .paths import default_model_dir
 from .sampler import fused_sample
@@ -244,7 +245,7 @@ class MagicFusePipeline:
         labels = logits = None
         if "seg" in wanted or return_logits:
             full = self._to_input_size(out.seg_logits_full[..., :rh, :rw].float(), h, w)
-            labels = full.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            labels = class_labels(full).to(torch.uint8).cpu().numpy()
             logits = full.cpu().numpy() if return_logits else None
         fusion_weight = step_weights = None
         if "weights" in wanted:

@@ -117,7 +117,8 @@ def prepare_onnx(model, onnx_dir: str | Path | None, *, height: int, width: int,
 
 def onnxruntime_hooks(model, device: torch.device, *, onnx_dir=None, providers=None, io_binding: bool | None = None,
                       threads: int | None = None, height: int = 64, width: int = 64,
-                      components=DEFAULT_COMPONENTS, notes: list[str] | None = None) -> dict[str, Callable]:
+                      components=DEFAULT_COMPONENTS, allow_spinning: bool = True,
+                      notes: list[str] | None = None) -> dict[str, Callable]:
     """Export (or reuse) `components` (default all five) and wrap ONNX Runtime sessions as hooks."""
     onnx_dir, _ = prepare_onnx(model, onnx_dir, height=height, width=width, components=components, notes=notes)
     wanted = "CPUExecutionProvider"
@@ -136,7 +137,7 @@ def onnxruntime_hooks(model, device: torch.device, *, onnx_dir=None, providers=N
     hooks = {}
     for component in components:
         path = onnx_dir / f"{component}.onnx"
-        session = ort_session(path, providers, threads)
+        session = ort_session(path, providers, threads, allow_spinning=allow_spinning)
         check_active_provider(session, wanted, path)
         hooks[component] = OrtNet(session, component, device, channels, io_binding)
     if notes is not None:

@@ -229,3 +229,12 @@ def test_autoencoder_config_names_its_decoder():
         AutoencoderConfig(decoder="transposed")
     ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1, decoder="local", decoder_channels=16))
     assert Autoencoder(AutoencoderConfig(**ae.config.to_dict())).decoder.__class__.__name__ == "LocalDecoder"
+
+
+def test_class_labels_is_the_argmax_over_classes_ties_included():
+    from magicfuse_core.models.fusion import class_labels
+
+    logits = torch.randn(2, 9, 5, 7)
+    logits[0, 3, 1, 1] = logits[0, 5, 1, 1] = 50.0  # a tie: the first class wins, as with argmax
+    assert torch.equal(class_labels(logits), logits.argmax(dim=1))
+    assert class_labels(logits)[0, 1, 1] == 3
