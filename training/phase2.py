@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from magicfuse_core.checkpoint import load_state_dict_strict
 from magicfuse_core.denoiser import EpsilonDenoiser
-from magicfuse_core.losses import segmentation_loss, visual_loss
+from magicfuse_core.losses import MFNET_CLASS_WEIGHTS, segmentation_loss, visual_loss
 from magicfuse_core.models.fusion import DEFAULT_RADIATION_MAP, upsample_logits
 from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids, colorize
 from magicfuse_core.sampler import StreamState, fused_step
@@ -64,6 +64,7 @@ PHASE2_DEFAULTS = {
     "grad_clip": None,             # per path: the weight head, and the trunk + S
     "ema_decay": 0.0,
     "seg_weight": 1.0,
+    "seg_class_weights": "mfnet",  # the reference's per-class weights (unlabelled 0.4, car 0.8, ...) or "uniform"
     "latent_crop": "data",         # "data": data.latent_crop
     "time_budget_min": 0,          # 0: no time budget
     "sample_every": 0,             # 0: no sample grids
@@ -82,7 +83,8 @@ def frozen(denoiser):
 def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor, schedule: DDIMSchedule,
                     stop_index: int, g: torch.Generator, *, tau: float = DEFAULT_TAU,
                     thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP,
-                    magimg_tone: str = "own", seg_weight: float = 1.0, fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
+                    magimg_tone: str = "own", seg_weight: float = 1.0, seg_class_weights=MFNET_CLASS_WEIGHTS,
+                    fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
     """The phase-2 loss of one batch (the paper's Algorithm 1).
 
     ikr, ckg: the frozen denoisers as the sampler calls them, `(x, t) -> eps`.
@@ -113,7 +115,7 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
     fused_image = ae.decoder(ae.from_diffusion(step.z0_fused), style_latent=style).float()
     vis_total, parts = visual_loss(fused_image, ikr_image, ckg_image)
     seg_next = step.next.seg_state
-    seg = segmentation_loss(upsample_logits(seg_next.float()), mask)
+    seg = segmentation_loss(upsample_logits(seg_next.float()), mask, class_weights=seg_class_weights)
     loss = vis_total + seg_weight * seg
     details = {"visual": vis_total.detach(), "seg": seg.detach(), **{k: v.detach() for k, v in parts.items()},
                "x_fused": state.x_fused, "x_ikr": state.x_ikr, "x_ckg": state.x_ckg, "stop_index": stop_index,
@@ -157,6 +159,12 @@ def main(argv=None) -> dict:
     log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
     log.info(f"phase 2: world size {ctx.world_size}, device {device}, config {args.config}")
     tau = float(p["tau"])
+    # Uniform: with the reference's weights an unsure pixel is cheaper to call car (0.8) than unlabelled
+    # (0.4), and the weak masks are mostly unlabelled.
+    class_weights = {"mfnet": MFNET_CLASS_WEIGHTS, "uniform": (1.0,) * len(MFNET_CLASS_WEIGHTS)}.get(
+        p["seg_class_weights"])
+    if class_weights is None:
+        raise ValueError(f"phase2.seg_class_weights must be mfnet or uniform, got {p['seg_class_weights']!r}")
     thermal_classes = class_ids(p["thermal_classes"])  # names or MFNet ids
 
     # ---- frozen networks, data -------------------------------------------------
@@ -247,7 +255,7 @@ def main(argv=None) -> dict:
         with autocast(device):
             loss, details = algorithm1_loss(ddp_fusion, ikr, ckg, ae, cond, mask, schedule, stop_index, g, tau=tau,
                                             thermal_classes=thermal_classes, radiation_map=p["radiation_map"],
-                                            magimg_tone=p["magimg_tone"],
+                                            magimg_tone=p["magimg_tone"], seg_class_weights=class_weights,
                                             seg_weight=float(p["seg_weight"]),
                                             fusion_no_grad=fusion)
         optimizer.zero_grad(set_to_none=True)

@@ -360,6 +360,22 @@ def test_phase2_optimizer_is_sgd_by_default_and_adamw_on_request(workdir):
         phase2.main(["--config", str(bad), "--no-progress"])
 
 
+def test_phase2_segmentation_class_weights_are_the_references_or_uniform(workdir):
+    ae, ikr, ckg, fusion = tiny_frozen_nets()
+    cond = torch.rand(1, 8, 8, 8) * 2 - 1
+    mask = torch.zeros(1, 32, 32, dtype=torch.long)
+    mask[:, 8:24, 8:16] = 2
+    seg = {}
+    for name, weights in (("mfnet", phase2.MFNET_CLASS_WEIGHTS), ("uniform", (1.0,) * 9)):
+        _, details = phase2.algorithm1_loss(fusion, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=2),
+                                            stop_index=1, g=torch.Generator().manual_seed(0), seg_class_weights=weights)
+        seg[name] = float(details["seg"])
+    assert seg["mfnet"] != seg["uniform"]
+    bad = write_config(workdir, workdir / "badw", **{"phase2.max_steps": 1, "phase2.seg_class_weights": "balanced"})
+    with pytest.raises(ValueError, match="seg_class_weights must be mfnet or uniform"):
+        phase2.main(["--config", str(bad), "--no-progress"])
+
+
 def test_phase2_segmentation_gradients_do_not_shrink_the_weight_heads_update(workdir):
     # Clipping is per path: however large the segmentation loss, F's weight head moves the same.
     heads = []
