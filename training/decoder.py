@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     seed = int(run["seed"])
     if run["threads"]:
         torch.set_num_threads(int(run["threads"]))
-    ctx = setup_distributed("cpu" if run["device"] == "cpu" else run["device"], run["ddp_timeout_min"])
+    ctx = setup_distributed(run["device"], run["ddp_timeout_min"])
     if ctx.enabled:
         raise SystemExit("training.decoder runs in one process (a CPU hour is enough); start it without torchrun")
     run_dir = repo_path(cfg["run_dir"]) / "decoder"

@@ -26,6 +26,15 @@ def test_round_trip_gives_identical_networks(tiny_dir):
     assert b.schedule.timesteps == a.schedule.timesteps and b.tau == 0.4 and b.thermal_classes == (2,)
 
 
+def assert_setting_is_checked(folder, key: str, bad: str, choices: str) -> None:
+    """A model.json setting with an unknown value is a clear error naming the choices."""
+    meta = json.loads((folder / "model.json").read_text())
+    meta[key] = bad
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"{key} must be one of {choices}, got '{bad}'"):
+        load_model(folder)
+
+
 def test_radiation_map_is_a_model_setting_the_pipeline_samples_with(tiny_dir):
     from dataclasses import replace
 
@@ -37,11 +46,7 @@ def test_radiation_map_is_a_model_setting_the_pipeline_samples_with(tiny_dir):
     hard = MagicFusePipeline.from_pretrained(tiny_dir)(frame, seed=1, return_weights=True, tau=0.0)
     soft = MagicFusePipeline.from_pretrained(soft_dir)(frame, seed=1, return_weights=True, tau=0.0)
     assert not np.array_equal(hard.fusion_weight, soft.fusion_weight)
-    meta = json.loads((soft_dir / "model.json").read_text())
-    meta["radiation_map"] = "argmax"
-    (soft_dir / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="radiation_map must be one of hard, soft, got 'argmax'"):
-        load_model(soft_dir)
+    assert_setting_is_checked(soft_dir, "radiation_map", "argmax", "hard, soft")
 
 
 def test_magimg_tone_ikr_decodes_only_magimg_in_the_ikr_tone(tiny_dir):
@@ -63,11 +68,7 @@ def test_magimg_tone_ikr_decodes_only_magimg_in_the_ikr_tone(tiny_dir):
     np.testing.assert_array_equal(toned.ikr, own.ikr)
     np.testing.assert_array_equal(toned.ckg, own.ckg)
     assert not np.array_equal(toned.magimg, own.magimg)
-    meta = json.loads((ikr_dir / "model.json").read_text())
-    meta["magimg_tone"] = "vis"
-    (ikr_dir / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="magimg_tone must be one of own, ikr, got 'vis'"):
-        load_model(ikr_dir)
+    assert_setting_is_checked(ikr_dir, "magimg_tone", "vis", "own, ikr")
 
 
 def test_missing_component_names_the_file(tiny_dir):
