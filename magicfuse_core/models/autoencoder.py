@@ -136,11 +136,20 @@ class Decoder(nn.Module):
         `latent`'s own, which makes the decoder a fixed local filter for this frame: a region mixed into
         `latent` changes only the pixels around it, in the frame's own tone (see _paired)."""
         if style_latent is not None:
+            check_style_latent(latent, style_latent)
             return _paired(self, style_latent, latent)[1]
         h = self.resnet1(self.input(latent))
         h = self.resnet2(self.upsample1(h))
         h = self.resnet3(self.upsample2(h))
         return self.deconv(h)
+
+
+def check_style_latent(latent: torch.Tensor, style_latent: torch.Tensor) -> None:
+    """A style latent gives each frame its tone: one per frame, with the latent's channels (its size may
+    differ: a crop takes its whole frame's tone). Anything else would broadcast one frame's tone silently."""
+    if style_latent.dim() != 4 or style_latent.shape[:2] != latent.shape[:2]:
+        raise ValueError(f"style_latent must be (B, C, h', w') with the latent's B and C {tuple(latent.shape[:2])}, "
+                         f"got {tuple(style_latent.shape)}")
 
 
 def _paired(module: nn.Module, style: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +226,8 @@ class LocalDecoder(nn.Module):
         return scale, shift
 
     def forward(self, latent: torch.Tensor, style_latent: torch.Tensor | None = None) -> torch.Tensor:
+        if style_latent is not None:
+            check_style_latent(latent, style_latent)
         scale, shift = self.global_code(latent if style_latent is None else style_latent)
         h = self.blocks(self.input(latent) * (1 + scale) + shift)
         image = self.out(self.up2(self.mid(self.up1(h))))

@@ -238,3 +238,14 @@ def test_class_labels_is_the_argmax_over_classes_ties_included():
     logits[0, 3, 1, 1] = logits[0, 5, 1, 1] = 50.0  # a tie: the first class wins, as with argmax
     assert torch.equal(class_labels(logits), logits.argmax(dim=1))
     assert class_labels(logits)[0, 1, 1] == 3
+
+
+@pytest.mark.parametrize("kind", ["released", "local"])
+def test_a_style_latent_of_another_batch_or_width_is_a_clear_error(kind):
+    ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1, decoder=kind, decoder_channels=16)).eval()
+    z = torch.rand(2, 8, 8, 8)
+    with torch.no_grad():
+        assert ae.decoder(z, style_latent=torch.rand(2, 8, 12, 12)).shape == (2, 3, 32, 32)  # another size: fine
+        for bad in (torch.rand(1, 8, 8, 8), torch.rand(2, 4, 8, 8), torch.rand(8, 8, 8)):
+            with pytest.raises(ValueError, match="style_latent must be"):
+                ae.decoder(z, style_latent=bad)

@@ -78,3 +78,8 @@ def test_the_tone_comes_from_the_whole_frame_the_crop_is_cut_from():
         windows = frame.unfold(1, 4, 1).unfold(2, 4, 1).permute(1, 2, 0, 3, 4)
         found += int(((windows - crop).abs().flatten(2).amax(-1) < 1e-6).any())
     assert found == 6
+
+
+def test_decoder_without_a_latent_cache_says_what_to_set(workdir):
+    with pytest.raises(SystemExit, match="set data.latent_cache"):
+        decoder.main(["--config", str(write_config(workdir, workdir / "nocache")), "--no-progress"])
