@@ -65,10 +65,28 @@ PHASE2_DEFAULTS = {
     "ema_decay": 0.0,
     "seg_weight": 1.0,
     "seg_class_weights": "mfnet",  # the reference's per-class weights (unlabelled 0.4, car 0.8, ...) or "uniform"
+    "visual_weight": 1.0,          # 0: no decoding and no visual loss (retrain S alone: ~10x cheaper a step)
+    "anchor_weight": 0.0,          # > 0: pull F's w towards the anchor's w on the same inputs (S learns, MagImg stays)
+    "anchor_fusion": None,         # the anchor: a trained F of any size (default: init_fusion)
     "latent_crop": "data",         # "data": data.latent_crop
     "time_budget_min": 0,          # 0: no time budget
     "sample_every": 0,             # 0: no sample grids
 }
+
+
+def seg_class_weights(setting) -> tuple[float, ...]:
+    """phase2.seg_class_weights: "mfnet" (the reference's), "uniform", or one weight per class.
+    With the reference's weights an unsure pixel is cheaper to call car (0.8) than unlabelled (0.4),
+    and the weak masks are mostly unlabelled: S then paints cars on roads and walls."""
+    k = len(MFNET_CLASS_WEIGHTS)
+    if setting == "mfnet":
+        return MFNET_CLASS_WEIGHTS
+    if setting == "uniform":
+        return (1.0,) * k
+    if isinstance(setting, (list, tuple)) and len(setting) == k and all(
+            isinstance(v, (int, float)) and v > 0 for v in setting):
+        return tuple(float(v) for v in setting)
+    raise ValueError(f"phase2.seg_class_weights must be mfnet, uniform or {k} positive numbers, got {setting!r}")
 
 
 def frozen(denoiser):
@@ -84,7 +102,8 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
                     stop_index: int, g: torch.Generator, *, tau: float = DEFAULT_TAU,
                     thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP,
                     magimg_tone: str = "own", seg_weight: float = 1.0, seg_class_weights=MFNET_CLASS_WEIGHTS,
-                    fusion_no_grad=None) -> tuple[torch.Tensor, dict]:
+                    fusion_no_grad=None, visual_weight: float = 1.0, anchor=None,
+                    anchor_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The phase-2 loss of one batch (the paper's Algorithm 1).
 
     ikr, ckg: the frozen denoisers as the sampler calls them, `(x, t) -> eps`.
@@ -93,7 +112,9 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
     run without a graph, `fusion` runs with gradients at `stop_index` only; `fusion_no_grad`
     (default: the same net, e.g. the module inside DDP) runs the steps before it. Returns
     (loss, details) where details holds the loss parts, the stream state x_t at the stop
-    step and the decoded images.
+    step and the decoded images (None with visual_weight 0: nothing is decoded).
+    anchor: a frozen FusionNet whose weight w on the same inputs the trained one is pulled to
+    (anchor_weight * MSE): w depends only on F's trunk, so S can learn while MagImg stays put.
     """
     fusion_no_grad = fusion_no_grad or fusion
     b = cond.shape[0]
@@ -108,19 +129,29 @@ def algorithm1_loss(fusion, ikr, ckg, ae, cond: torch.Tensor, mask: torch.Tensor
     # The stop step: F and S with gradients (the frozen denoisers still build no graph).
     step = fused_step(ikr, ckg, fusion, cond, state, schedule, stop_index, tau=tau, thermal_classes=thermal_classes,
                       radiation_map=radiation_map)
-    with torch.no_grad():
-        ikr_image, ckg_image = ae.decode_diffusion(torch.cat([step.z0_ikr, step.z0_ckg])).float().chunk(2)
-    # the frozen decoder passes gradients to z0_fused; F learns with the decoding inference uses
-    style = ae.from_diffusion(step.z0_ikr) if magimg_tone == "ikr" else None
-    fused_image = ae.decoder(ae.from_diffusion(step.z0_fused), style_latent=style).float()
-    vis_total, parts = visual_loss(fused_image, ikr_image, ckg_image)
     seg_next = step.next.seg_state
     seg = segmentation_loss(upsample_logits(seg_next.float()), mask, class_weights=seg_class_weights)
-    loss = vis_total + seg_weight * seg
-    details = {"visual": vis_total.detach(), "seg": seg.detach(), **{k: v.detach() for k, v in parts.items()},
-               "x_fused": state.x_fused, "x_ikr": state.x_ikr, "x_ckg": state.x_ckg, "stop_index": stop_index,
-               "images": (fused_image.detach(), ikr_image, ckg_image), "seg_logits": seg_next.detach(),
-               "w_r": step.w_r.detach()}
+    loss = seg_weight * seg
+    details = {"seg": seg.detach(), "x_fused": state.x_fused, "x_ikr": state.x_ikr, "x_ckg": state.x_ckg,
+               "stop_index": stop_index, "images": None, "seg_logits": seg_next.detach(), "w_r": step.w_r.detach()}
+    if visual_weight:
+        with torch.no_grad():
+            ikr_image, ckg_image = ae.decode_diffusion(torch.cat([step.z0_ikr, step.z0_ckg])).float().chunk(2)
+        # the frozen decoder passes gradients to z0_fused; F learns with the decoding inference uses
+        style = ae.from_diffusion(step.z0_ikr) if magimg_tone == "ikr" else None
+        fused_image = ae.decoder(ae.from_diffusion(step.z0_fused), style_latent=style).float()
+        vis_total, parts = visual_loss(fused_image, ikr_image, ckg_image)
+        loss = loss + visual_weight * vis_total
+        details.update({"visual": vis_total.detach(), **{k: v.detach() for k, v in parts.items()},
+                        "images": (fused_image.detach(), ikr_image, ckg_image)})
+    if anchor is not None and anchor_weight:
+        t = torch.full((b,), float(schedule.timesteps[stop_index]), device=cond.device)
+        with torch.no_grad():  # the anchor's w for the very inputs the trained F saw at the stop step
+            w_anchor, _ = anchor(torch.cat([step.z0_ikr, step.z0_ckg, state.x_fused], dim=1), step.eps_ikr,
+                                 step.eps_ckg, t, state.seg_state)
+        drift = torch.nn.functional.mse_loss(step.w.float(), w_anchor.float())
+        loss = loss + anchor_weight * drift
+        details["anchor"] = drift.detach()
     return loss, details
 
 
@@ -150,6 +181,7 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config, args.set)
     run, data = with_defaults(cfg, RUN_DEFAULTS), with_defaults(cfg["data"], DATA_DEFAULTS)
     p = with_defaults(cfg["phase2"], PHASE2_DEFAULTS)
+    p["lr"] = float(p["lr"])  # YAML reads `--set phase2.lr=1e-3` as a string (1.0e-3 is a float)
     seed = int(run["seed"])
     if run["threads"]:  # small convs on a shared CPU run faster on fewer threads
         torch.set_num_threads(int(run["threads"]))
@@ -159,12 +191,13 @@ def main(argv=None) -> dict:
     log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
     log.info(f"phase 2: world size {ctx.world_size}, device {device}, config {args.config}")
     tau = float(p["tau"])
-    # Uniform: with the reference's weights an unsure pixel is cheaper to call car (0.8) than unlabelled
-    # (0.4), and the weak masks are mostly unlabelled.
-    class_weights = {"mfnet": MFNET_CLASS_WEIGHTS, "uniform": (1.0,) * len(MFNET_CLASS_WEIGHTS)}.get(
-        p["seg_class_weights"])
-    if class_weights is None:
-        raise ValueError(f"phase2.seg_class_weights must be mfnet or uniform, got {p['seg_class_weights']!r}")
+    class_weights = seg_class_weights(p["seg_class_weights"])
+    visual_weight, anchor_weight = float(p["visual_weight"]), float(p["anchor_weight"])
+    if visual_weight < 0 or anchor_weight < 0:
+        raise ValueError(f"phase2.visual_weight and anchor_weight must be >= 0, got {visual_weight}, {anchor_weight}")
+    anchor_path = p["anchor_fusion"] or p["init_fusion"]
+    if anchor_weight and not anchor_path:
+        raise ValueError("phase2.anchor_weight pulls F's weight towards a trained F's: set anchor_fusion or init_fusion")
     thermal_classes = class_ids(p["thermal_classes"])  # names or MFNet ids
 
     # ---- frozen networks, data -------------------------------------------------
@@ -186,6 +219,7 @@ def main(argv=None) -> dict:
     # ---- model, optimizer ------------------------------------------------------
     torch.manual_seed(seed)
     fusion = build_fusion(cfg["fusion"]["net"]).to(device).train()
+    anchor = None
     if p["init_fusion"]:
         # Fine-tune a trained F/S (a phase-2 checkpoint or an exported fusion.safetensors), e.g. with new
         # masks, instead of starting over; a resumed run's own checkpoint still takes precedence below.
@@ -197,6 +231,9 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             fusion.estimate[-1].weight.mul_(0.1)
             fusion.estimate[-1].bias.fill_(float(p["init_weight"]))
+    if anchor_weight:  # a frozen F whose w the trained one keeps: S (and a new trunk) learn, MagImg stays put
+        anchor = load_trained_module(repo_path(anchor_path)).to(device).eval().requires_grad_(False)
+        log.info(f"anchoring F's weight to {anchor_path} (anchor_weight {anchor_weight:g})")
     log.info(f"FusionNet: {sum(q.numel() for q in fusion.parameters()) / 1e6:.2f} M parameters, "
              f"config {fusion.config.to_dict()}")
     # seg_lr_scale: the segmentation head's own learning-rate factor (1 = one lr for F and S, as the paper).
@@ -256,8 +293,8 @@ def main(argv=None) -> dict:
             loss, details = algorithm1_loss(ddp_fusion, ikr, ckg, ae, cond, mask, schedule, stop_index, g, tau=tau,
                                             thermal_classes=thermal_classes, radiation_map=p["radiation_map"],
                                             magimg_tone=p["magimg_tone"], seg_class_weights=class_weights,
-                                            seg_weight=float(p["seg_weight"]),
-                                            fusion_no_grad=fusion)
+                                            seg_weight=float(p["seg_weight"]), fusion_no_grad=fusion,
+                                            visual_weight=visual_weight, anchor=anchor, anchor_weight=anchor_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm_w = grad_norm_(weight_params, p["grad_clip"])
@@ -272,18 +309,19 @@ def main(argv=None) -> dict:
 
         if step % p["log_every"] == 0 or step == max_steps:
             window = losses[-p["log_every"]:]
-            scalars = {"loss": sum(window) / len(window), "visual": float(details["visual"]),
-                       "seg": float(details["seg"]), "grad_norm": gnorm, "grad_norm_weight_head": gnorm_w,
+            parts = {k: float(details[k]) for k in ("visual", "seg", "anchor") if k in details}
+            scalars = {"loss": sum(window) / len(window), **parts, "grad_norm": gnorm, "grad_norm_weight_head": gnorm_w,
                        "w_r_mean": float(details["w_r"].mean()),
                        "lr": scheduler.get_last_lr()[1],  # the trunk's: the weight head's may be scaled
                        **meter.rates()}
             log.scalars(step, scalars)
             bar.set_postfix(loss=f"{scalars['loss']:.4f}", it_s=f"{scalars['steps_per_s']:.2f}")
-            log.info(f"step {step} loss {scalars['loss']:.4f} (visual {scalars['visual']:.4f} seg "
-                     f"{scalars['seg']:.4f}, stop step {stop_index}) grad {gnorm:.3f} (w head {gnorm_w:.3f}) "
+            log.info(f"step {step} loss {scalars['loss']:.4f} ("
+                     + " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+                     + f", stop step {stop_index}) grad {gnorm:.3f} (w head {gnorm_w:.3f}) "
                      f"w_r {scalars['w_r_mean']:.3f} lr {scalars['lr']:.2e} "
                      f"{scalars['steps_per_s']:.2f} it/s")
-        if ctx.is_main and p["sample_every"] and step % p["sample_every"] == 0:
+        if ctx.is_main and p["sample_every"] and step % p["sample_every"] == 0 and details["images"] is not None:
             fused, ikr_img, ckg_img = (x[:4] for x in details["images"])
             seg = torch.from_numpy(colorize(upsample_logits(details["seg_logits"][:4]).argmax(1).cpu().numpy()))
             seg = seg.permute(0, 3, 1, 2).float() / 255.0
