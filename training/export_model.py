@@ -56,8 +56,12 @@ def trained_component(run_dir: Path, name: str, phase2: dict) -> tuple[torch.nn.
         raise FileNotFoundError(f"no checkpoint for {name}: {path} (train it first, see docs/TRAINING.md)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     steps, wall = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
-    start = phase2.get("init_fusion") if name == "fusion" else None
-    if start and str(start).endswith(".safetensors"):  # a fine-tuned F/S: count the training it started from
+    if name == "fusion":
+        start = phase2.get("init_fusion")
+    else:  # a Ψ/Φ fine-tuned with phase1.<name>.init: the config saved in its checkpoint says from what
+        phase1 = (state.get("config") or {}).get("phase1") or {}
+        start = (phase1.get(name) or {}).get("init") or phase1.get("init")
+    if start and str(start).endswith(".safetensors"):  # fine-tuned: count the training it started from
         base_steps, base_wall = recorded_training(repo_path(start))
         steps, wall = steps + (base_steps or 0), wall + (base_wall or 0.0)
     return load_trained_module(path), steps, round(wall, 1)

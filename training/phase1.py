@@ -25,13 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from magicfuse_core.checkpoint import load_state_dict_strict
 from magicfuse_core.denoiser import EpsilonDenoiser
 from magicfuse_core.losses import eps_mse
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.sampler import ddim_sample
 from magicfuse_core.schedule import DDIMSchedule
 from training.builders import build_autoencoder, build_unet
-from training.checkpoints import resume_if_any, save_checkpoint
+from training.checkpoints import load_trained_module, resume_if_any, save_checkpoint
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.data import encode, image_batches, make_dataset, resize_images
 from training.distributed import autocast, cleanup_distributed, setup_distributed
@@ -56,6 +57,12 @@ PHASE1_DEFAULTS = {
     "time_budget_min": 0,          # 0: no time budget
     "sample_every": 0,             # 0: no sample grids
     "sample_steps": 25,
+    "init": None,                  # fine-tune from a trained Ψ/Φ (a last.pt or an exported *.safetensors)
+    # Exposure-bias correction for few-step sampling: with this probability a batch's x_t is the state the
+    # model's own DDIM rollout of `rollout_steps` steps reaches (no graph), not the forward-noised target, so
+    # the denoiser learns from the states inference visits (their errors compound over few large steps).
+    "rollout_prob": 0.0,
+    "rollout_steps": 5,
 }
 
 
@@ -101,6 +108,7 @@ def main(argv=None) -> dict:
     run, data = with_defaults(cfg, RUN_DEFAULTS), with_defaults(cfg["data"], DATA_DEFAULTS)
     p = with_defaults({k: v for k, v in cfg["phase1"].items() if k not in COMPONENTS}, PHASE1_DEFAULTS)
     p.update(cfg["phase1"].get(component) or {})  # per-component overrides, e.g. phase1.ckg.lr
+    p["lr"] = float(p["lr"])  # YAML reads `--set phase1.lr=1e-4` as a string (1.0e-4 is a float)
     seed = int(run["seed"])
     if run["threads"]:  # small convs on a shared CPU run faster on fewer threads
         torch.set_num_threads(int(run["threads"]))
@@ -132,6 +140,10 @@ def main(argv=None) -> dict:
         model = Autoencoder(AutoencoderConfig(**(cfg["autoencoder"].get("config") or {})))
     else:
         model = build_unet(cfg[component]["unet"])
+    if p["init"] and component != "autoencoder":
+        start = load_trained_module(repo_path(p["init"]))
+        load_state_dict_strict(model, start.state_dict(), f"phase1.init {p['init']}")
+        log.info(f"fine-tuning from {p['init']}")
     model.to(device).train()
     n_params = sum(p_.numel() for p_ in model.parameters())
     log.info(f"{type(model).__name__}: {n_params / 1e6:.2f} M parameters, config {model.config.to_dict()}")
@@ -170,6 +182,10 @@ def main(argv=None) -> dict:
         train_timesteps = torch.tensor(schedule.timesteps)
     else:
         train_timesteps = torch.arange(schedule.num_train_timesteps)
+    rollout_prob = float(p["rollout_prob"])
+    if not 0.0 <= rollout_prob <= 1.0:
+        raise ValueError(f"phase1.rollout_prob must be in [0, 1], got {rollout_prob}")
+    rollout_schedule = schedule.with_steps(int(p["rollout_steps"]))
     snr_gamma = p["min_snr_gamma"]
     predicts_sample = component != "autoencoder" and model.config.prediction == "sample"  # the UNet returns z0
     if predicts_sample and snr_gamma:
@@ -196,8 +212,11 @@ def main(argv=None) -> dict:
             else:
                 target = batch["clean"] if component == "ikr" else batch["ir"]
                 noise = torch.randn(target.shape, generator=g).to(device)
-                t = train_timesteps[torch.randint(len(train_timesteps), (len(target),), generator=g)].to(device)
-                x_t = schedule.add_noise(target, noise, t)
+                if rollout_prob and float(torch.rand((), generator=g)) < rollout_prob:
+                    x_t, t = rollout_state(model, batch["cond"], noise, rollout_schedule, g)
+                else:
+                    t = train_timesteps[torch.randint(len(train_timesteps), (len(target),), generator=g)].to(device)
+                    x_t = schedule.add_noise(target, noise, t)
                 prediction = ddp_model(torch.cat([batch["cond"], x_t], dim=1), t.float())
                 if predicts_sample:  # the clean latent, without the x_t -> eps -> z0 round trip
                     loss = F.mse_loss(prediction.float(), target.float())
@@ -245,6 +264,20 @@ def main(argv=None) -> dict:
     log.close()
     cleanup_distributed()
     return summary
+
+
+@torch.no_grad()
+def rollout_state(net, cond: torch.Tensor, z_T: torch.Tensor, schedule: DDIMSchedule,
+                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, t) of a random step of `schedule` as the model's own deterministic DDIM rollout from z_T reaches
+    it (what the sampler feeds the denoiser there), without a graph. t: (B,) long."""
+    index = int(torch.randint(schedule.num_inference_steps, (1,), generator=g))
+    denoiser = EpsilonDenoiser(net, net.config.prediction, schedule.alphas_cumprod)
+    x = z_T
+    for i in range(index):
+        t = torch.full((x.shape[0],), float(schedule.timesteps[i]), device=x.device)
+        x, _ = schedule.step(x, denoiser(torch.cat([cond, x], dim=1), t).float(), i)
+    return x, torch.full((x.shape[0],), schedule.timesteps[index], dtype=torch.long, device=x.device)
 
 
 @torch.no_grad()
