@@ -108,6 +108,13 @@ def load_component(folder: Path, name: str, device: str | torch.device = "cpu") 
 # the decoder normalises with the statistics of decoding the IKR latent, `styled_decoder`). With the
 # released decoder's InstanceNorm, "own" lets a region the radiation map mixed in re-tone the whole frame.
 MAGIMG_TONES = ("own", "ikr")
+# How the CKG image (the generated infrared) is decoded: "own" (its latent alone) or "reference" (in the tone
+# of a real infrared frame of the training set, `MagicFuseModel.ckg_tone_latent`, picked by
+# `python -m training.ckg_tone`). The released latent carries no absolute brightness (its encoder normalises
+# every image), so decoded alone a generated latent takes whatever tone its sharpness implies: with few steps a
+# smoother latent decodes far too bright for infrared (mean luma 58 against the real 22 on MSRS val).
+CKG_TONES = ("own", "reference")
+CKG_TONE_FILE = "ckg_tone.safetensors"
 
 
 @dataclass
@@ -124,6 +131,16 @@ class MagicFuseModel:
     radiation_map: str = DEFAULT_RADIATION_MAP  # "hard" (the paper's) | "soft" (models/fusion.py)
     magimg_tone: str = "own"  # MAGIMG_TONES
     info: dict = field(default_factory=dict)  # provenance: trained?, data, steps, ...
+    # (1, latent_channels, h, w) autoencoder latent in [0, 1] whose decoding tone the CKG image takes; None: own
+    ckg_tone_latent: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.ckg_tone_latent is not None:
+            self.ckg_tone_latent = check_ckg_tone_latent(self.ckg_tone_latent, self.autoencoder.config.latent_channels)
+
+    @property
+    def ckg_tone(self) -> str:
+        return "own" if self.ckg_tone_latent is None else "reference"
 
     def modules(self) -> dict[str, nn.Module]:
         return {"autoencoder": self.autoencoder, "ikr": self.ikr, "ckg": self.ckg, "fusion": self.fusion}
@@ -131,6 +148,8 @@ class MagicFuseModel:
     def to(self, device) -> "MagicFuseModel":
         for m in self.modules().values():
             m.to(device)
+        if self.ckg_tone_latent is not None:
+            self.ckg_tone_latent = self.ckg_tone_latent.to(device)
         return self
 
     @property
@@ -185,8 +204,14 @@ def save_model(model: MagicFuseModel, folder: Path, dtype: torch.dtype | None = 
         "thermal_classes": list(model.thermal_classes),
         "radiation_map": model.radiation_map,
         "magimg_tone": model.magimg_tone,
+        "ckg_tone": model.ckg_tone,
         "info": model.info,
     }
+    tone_file = folder / CKG_TONE_FILE
+    if model.ckg_tone_latent is not None:
+        save_file({"latent": model.ckg_tone_latent.detach().float().cpu().contiguous()}, str(tone_file))
+    elif tone_file.exists():
+        tone_file.unlink()  # a stale reference must not outlive the setting
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
@@ -216,7 +241,52 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
                           check_setting("radiation_map", meta.get("radiation_map", DEFAULT_RADIATION_MAP),
                                         RADIATION_MAPS, meta_path),
                           check_setting("magimg_tone", meta.get("magimg_tone", "own"), MAGIMG_TONES, meta_path),
-                          dict(meta.get("info", {})))
+                          dict(meta.get("info", {})), load_ckg_tone(folder, meta, device))
+
+
+def load_ckg_tone(folder: Path, meta: dict, device) -> torch.Tensor | None:
+    """The reference latent of `ckg_tone: reference` (None for "own", the default)."""
+    tone = check_setting("ckg_tone", meta.get("ckg_tone", "own"), CKG_TONES, folder / "model.json")
+    if tone == "own":
+        return None
+    path = folder / CKG_TONE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder / 'model.json'} says ckg_tone: reference but {path} is missing")
+    try:
+        latent = load_file(str(path))["latent"]
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read the CKG tone latent {path}: {exc}") from exc
+    return latent.float().to(device)
+
+
+def set_ckg_tone(folder: Path, latent: torch.Tensor | None, note: dict | None = None) -> MagicFuseModel:
+    """Record (or with None remove) the reference infrared tone of the model folder's CKG image: writes
+    ckg_tone.safetensors and model.json's `ckg_tone` (+ `info.ckg_tone`: where it came from), then loads the
+    folder again so that a model it would break is never left behind unnoticed."""
+    folder = Path(folder)
+    meta_path = folder / "model.json"
+    meta = json.loads(meta_path.read_text())
+    info = dict(meta.get("info", {}))
+    if latent is None:
+        meta["ckg_tone"] = "own"
+        info.pop("ckg_tone", None)
+        (folder / CKG_TONE_FILE).unlink(missing_ok=True)
+    else:
+        latent = check_ckg_tone_latent(latent.detach().cpu(), latent.shape[1] if latent.dim() == 4 else -1)
+        save_file({"latent": latent.contiguous()}, str(folder / CKG_TONE_FILE))
+        meta["ckg_tone"] = "reference"
+        info["ckg_tone"] = dict(note or {})
+    meta["info"] = info
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return load_model(folder)
+
+
+def check_ckg_tone_latent(latent: torch.Tensor, latent_channels: int) -> torch.Tensor:
+    if not isinstance(latent, torch.Tensor) or latent.dim() != 4 or latent.shape[:2] != (1, latent_channels) \
+            or min(latent.shape[-2:]) < 1 or not torch.isfinite(latent).all():
+        shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+        raise ValueError(f"the CKG tone latent must be a finite (1, {latent_channels}, h, w) tensor, got {shape}")
+    return latent.float()
 
 
 def check_setting(name: str, value, choices, where) -> str:

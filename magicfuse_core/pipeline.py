@@ -264,21 +264,36 @@ class MagicFusePipeline:
         )
 
     def _decode(self, out, wanted, rh: int, rw: int, h: int, w: int) -> dict[str, torch.Tensor]:
-        """The image kinds asked for -> {kind: (B, 3, h, w) in [0, 1]}: one batched decoder pass, and
-        MagImg in the IKR stream's tone when the model says so (`magimg_tone: ikr`)."""
+        """The image kinds asked for -> {kind: (B, 3, h, w) in [0, 1]}: one batched pass of the plain decoder
+        and one of the styled decoder, which decodes MagImg in the IKR stream's tone (`magimg_tone: ikr`)
+        and the CKG image in the model's reference infrared tone (`ckg_tone: reference`)."""
         ae = self.model.autoencoder
         latents = {"magimg": out.z0_fused, "ikr": out.z0_ikr, "ckg": out.z0_ckg}
         kinds = [k for k in IMAGE_OUTPUTS if k in wanted]
-        styled = "magimg" in kinds and self.model.magimg_tone == "ikr"
-        plain = [k for k in kinds if not (styled and k == "magimg")]
+        styles = {}  # kind -> the latent (diffusion space) whose decoding statistics it takes
+        if "magimg" in kinds and self.model.magimg_tone == "ikr":
+            styles["magimg"] = out.z0_ikr
+        if "ckg" in kinds and self.model.ckg_tone_latent is not None:
+            styles["ckg"] = self._ckg_tone_style(out.z0_ckg)
+        plain = [k for k in kinds if k not in styles]
         images = {}
         if plain:
             decoded = self.decoder(ae.from_diffusion(torch.cat([latents[k] for k in plain]))).float()
             images.update(zip(plain, decoded.chunk(len(plain))))
-        if styled:
-            images["magimg"] = self.styled_decoder(ae.from_diffusion(out.z0_fused),
-                                                   ae.from_diffusion(out.z0_ikr)).float()
+        if styles:
+            styled = list(styles)
+            decoded = self.styled_decoder(ae.from_diffusion(torch.cat([latents[k] for k in styled])),
+                                          ae.from_diffusion(torch.cat([styles[k] for k in styled]))).float()
+            images.update(zip(styled, decoded.chunk(len(styled))))
         return {k: self._to_input_size(images[k][..., :rh, :rw], h, w) for k in kinds}
+
+    def _ckg_tone_style(self, z0_ckg: torch.Tensor) -> torch.Tensor:
+        """The reference infrared latent in diffusion space at z0_ckg's size and batch. Nearest resizing keeps
+        its value distribution (the decoder's statistics); every backend's styled decoder takes one size."""
+        tone = self.model.ckg_tone_latent.to(device=z0_ckg.device, dtype=z0_ckg.dtype)
+        if tone.shape[-2:] != z0_ckg.shape[-2:]:
+            tone = F.interpolate(tone, size=z0_ckg.shape[-2:], mode="nearest")
+        return self.model.autoencoder.to_diffusion(tone).expand(z0_ckg.shape[0], -1, -1, -1)
 
     @staticmethod
     def _to_input_size(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -71,6 +71,56 @@ def test_magimg_tone_ikr_decodes_only_magimg_in_the_ikr_tone(tiny_dir):
     assert_setting_is_checked(ikr_dir, "magimg_tone", "vis", "own, ikr")
 
 
+def test_ckg_tone_reference_decodes_the_ckg_image_in_the_reference_tone(tiny_dir):
+    """ckg_tone: reference decodes the CKG image (only it) with the decoding statistics of the model's reference
+    infrared latent, at any frame size, in the same styled pass as MagImg's IKR tone."""
+    from dataclasses import replace
+
+    from magicfuse_core.checkpoint import CKG_TONE_FILE, set_ckg_tone
+
+    model = load_model(tiny_dir)
+    assert model.ckg_tone == "own" and model.ckg_tone_latent is None
+    tone = torch.rand(1, 8, 6, 10, generator=torch.Generator().manual_seed(3))  # another size than the frames'
+    ref_dir = save_model(replace(model, magimg_tone="ikr"), tiny_dir.parent / "ref")
+    set_ckg_tone(ref_dir, tone, {"frame": "test"})
+    meta = json.loads((ref_dir / "model.json").read_text())
+    assert meta["ckg_tone"] == "reference" and meta["info"]["ckg_tone"] == {"frame": "test"}
+    torch.testing.assert_close(load_model(ref_dir).ckg_tone_latent, tone)
+    frame = (np.random.default_rng(0).random((1, 24, 32, 3)) * 255).astype(np.uint8)
+    own = MagicFusePipeline.from_pretrained(save_model(replace(model, magimg_tone="ikr"), tiny_dir.parent / "own"))
+    pipe = MagicFusePipeline.from_pretrained(ref_dir)
+    calls = []
+    styled = pipe.styled_decoder
+    pipe.styled_decoder = lambda latent, style: calls.append((latent.shape, style)) or styled(latent, style)
+    a, b = own(frame, seed=1), pipe(frame, seed=1)
+    assert len(calls) == 1 and calls[0][0] == (2, 8, 8, 8)  # MagImg and CKG in one styled pass
+    expected_style = torch.nn.functional.interpolate(tone, size=(8, 8), mode="nearest")
+    torch.testing.assert_close(calls[0][1][1:], expected_style)  # the CKG's style: the reference, resized
+    np.testing.assert_array_equal(a.magimg, b.magimg)
+    np.testing.assert_array_equal(a.ikr, b.ikr)
+    assert not np.array_equal(a.ckg, b.ckg)
+    # back to its own tone: the file goes with the setting
+    set_ckg_tone(ref_dir, None)
+    assert load_model(ref_dir).ckg_tone == "own" and not (ref_dir / CKG_TONE_FILE).exists()
+
+
+def test_ckg_tone_errors_name_the_problem(tiny_dir):
+    from dataclasses import replace
+
+    from magicfuse_core.checkpoint import CKG_TONE_FILE, set_ckg_tone
+
+    with pytest.raises(ValueError, match=r"CKG tone latent must be a finite \(1, 8, h, w\) tensor, got \(1, 4, 5, 5\)"):
+        replace(load_model(tiny_dir), ckg_tone_latent=torch.rand(1, 4, 5, 5))
+    set_ckg_tone(tiny_dir, torch.rand(1, 8, 5, 5))
+    (tiny_dir / CKG_TONE_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="cannot read the CKG tone latent"):
+        load_model(tiny_dir)
+    (tiny_dir / CKG_TONE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="ckg_tone: reference but .*ckg_tone.safetensors is missing"):
+        load_model(tiny_dir)
+    assert_setting_is_checked(tiny_dir, "ckg_tone", "ir", "own, reference")
+
+
 def test_missing_component_names_the_file(tiny_dir):
     (tiny_dir / "ckg.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ckg.safetensors"):
