@@ -67,3 +67,10 @@ def test_quality_targets_are_checks_with_their_numbers(tool, results):
     assert "- Check not met: MagImg person contrast >= +10 grey levels (+3.0)." in text
     assert "- Check not met: at most 5 % of the pixels outside every box labelled car, person or bike (20.0 %)." in text
     assert "Check not met: S person IoU" not in text
+
+
+def test_a_card_of_training_frames_says_it_is_not_a_result(tool, results):
+    assert "not a result" not in tool.model_card(results, Path("grid.png"))  # val: the card as it ships
+    train = {**results, "split": "train"}
+    assert "**This run scored MSRS train frames, which the model trained on: not a result.**" in tool.model_card(
+        train, Path("grid.png"))

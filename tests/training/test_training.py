@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from magicfuse_core.checkpoint import load_model
+from magicfuse_core.denoiser import EpsilonDenoiser
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
@@ -79,6 +80,43 @@ def test_phase1_loss_is_finite_and_decreases(workdir, component, prediction):
     losses = phase1.main(["--config", str(cfg), "--component", component, "--no-progress"])["losses"]
     assert len(losses) == 16 and np.isfinite(losses).all()
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_phase1_rollout_state_is_the_samplers_state_at_that_step():
+    """rollout_prob trains on the states the few-step sampler visits: x_t is ddim_sample's own trajectory."""
+    torch.manual_seed(0)
+    net = build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8, "prediction": "sample"}}).eval()
+    schedule = DDIMSchedule(num_inference_steps=5)
+    cond, z_T = torch.rand(2, 8, 8, 8) * 2 - 1, torch.randn(2, 8, 8, 8)
+    states = {}
+    for seed in range(12):  # the step is drawn from g: collect several
+        x_t, t = phase1.rollout_state(net, cond, z_T, schedule, torch.Generator().manual_seed(seed))
+        states[int(t[0])] = x_t
+    assert set(states) <= set(schedule.timesteps) and len(states) >= 3
+    denoiser = EpsilonDenoiser(net, "sample", schedule.alphas_cumprod)
+    x = z_T
+    for i, t in enumerate(schedule.timesteps):
+        if t in states:
+            torch.testing.assert_close(states[t], x)
+        with torch.no_grad():
+            x, _ = schedule.step(x, denoiser(torch.cat([cond, x], dim=1), torch.full((2,), float(t))).float(), i)
+    torch.testing.assert_close(states[schedule.timesteps[0]], z_T)
+
+
+def test_phase1_fine_tunes_from_an_exported_denoiser_with_rollouts(workdir, tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    start = build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}})
+    save_component(start, tmp_path / "model", "ckg", dtype=torch.float32)
+    cfg = write_config(workdir, workdir / "run", **{"phase1.max_steps": 2, "phase1.lr": 0.0, "phase1.rollout_prob": 1.0,
+                                                    "phase1.init": str(tmp_path / "model/ckg.safetensors")})
+    summary = phase1.main(["--config", str(cfg), "--component", "ckg", "--no-progress"])
+    assert np.isfinite(summary["losses"]).all()
+    trained = load_trained_module(workdir / "run/ckg/last.pt")
+    for k, v in start.state_dict().items():  # lr 0: exactly the weights it started from
+        torch.testing.assert_close(trained.state_dict()[k], v)
+    bad = write_config(workdir, workdir / "bad", **{"phase1.rollout_prob": 2.0})
+    with pytest.raises(ValueError, match="rollout_prob"):
+        phase1.main(["--config", str(bad), "--component", "ckg", "--no-progress"])
 
 
 def test_phase1_resume_continues_exactly(workdir):
@@ -372,7 +410,49 @@ def test_phase2_segmentation_class_weights_are_the_references_or_uniform(workdir
         seg[name] = float(details["seg"])
     assert seg["mfnet"] != seg["uniform"]
     bad = write_config(workdir, workdir / "badw", **{"phase2.max_steps": 1, "phase2.seg_class_weights": "balanced"})
-    with pytest.raises(ValueError, match="seg_class_weights must be mfnet or uniform"):
+    with pytest.raises(ValueError, match="seg_class_weights must be mfnet, uniform or 9 positive numbers"):
+        phase2.main(["--config", str(bad), "--no-progress"])
+    assert phase2.seg_class_weights([1, 1, 2, 1, 1, 1, 1, 1, 1])[2] == 2.0
+
+
+def test_phase2_without_visual_loss_decodes_nothing_and_the_anchor_keeps_fs_weight():
+    """visual_weight 0 retrains S alone: no decoder pass at all, and the anchor holds w (hence MagImg)
+    where it was while the segmentation loss moves F's trunk."""
+    import copy
+
+    ae, ikr, ckg, fusion = tiny_frozen_nets()
+    decodes = []
+    ae.decoder.register_forward_hook(lambda *_: decodes.append(1))
+    anchor = copy.deepcopy(fusion).eval().requires_grad_(False)
+    cond = torch.rand(2, 8, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 32, 32, dtype=torch.long)
+    mask[:, 8:24, 8:16] = 2
+    drift, seg = {}, {}
+    for anchor_weight in (0.0, 100.0):
+        net = copy.deepcopy(fusion)  # the weight head frozen (weight_lr_scale 0), as the S-only run trains it
+        head = {id(q) for q in net.estimate.parameters()}
+        optimizer = torch.optim.AdamW([q for q in net.parameters() if id(q) not in head], lr=3e-3)
+        for step in range(15):
+            loss, details = phase2.algorithm1_loss(net, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=5),
+                                                   stop_index=step % 5, g=torch.Generator().manual_seed(0),
+                                                   visual_weight=0.0, anchor=anchor, anchor_weight=anchor_weight)
+            seg.setdefault(anchor_weight, []).append(float(details["seg"]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert details["images"] is None and "visual" not in details
+        drift[anchor_weight] = sum(  # MSE of w against the anchor's on the inputs of every step
+            float(phase2.algorithm1_loss(net, ikr, ckg, ae, cond, mask, DDIMSchedule(num_inference_steps=5),
+                                         stop_index=i, g=torch.Generator().manual_seed(0), visual_weight=0.0,
+                                         anchor=anchor, anchor_weight=1.0)[1]["anchor"]) for i in range(5))
+    assert decodes == []
+    assert drift[100.0] < 0.5 * drift[0.0]
+    assert np.mean(seg[100.0][-3:]) < np.mean(seg[100.0][:3])  # S still learns under the anchor
+
+
+def test_phase2_anchor_needs_the_fusion_net_it_anchors_to(workdir):
+    bad = write_config(workdir, workdir / "bad", **{"phase2.max_steps": 1, "phase2.anchor_weight": 1.0})
+    with pytest.raises(ValueError, match="set anchor_fusion or init_fusion"):
         phase2.main(["--config", str(bad), "--no-progress"])
 
 
@@ -499,3 +579,25 @@ def test_object_centred_crops_show_the_thermal_target():
     assert float((uniform == 2).flatten(1).any(1).float().mean()) < 0.2
     with pytest.raises(ValueError, match="object crop probability"):
         cache.batch(2, (8, 8), g, focus=1.5)
+
+
+def test_ckg_tone_picks_the_training_frame_whose_tone_renders_the_real_infrared(workdir, tmp_path):
+    from magicfuse_core.checkpoint import load_model, random_model, save_model
+    from training import ckg_tone
+
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(channels=8, num_res_blocks=1)).eval()
+    latents, candidates = torch.rand(3, 8, 6, 6), torch.rand(3, 8, 6, 6)
+    with torch.no_grad():  # "real" frames rendered exactly in candidate 1's tone
+        real = ckg_tone.grey_u8(ae.decoder(latents, style_latent=candidates[1:2].expand(3, -1, -1, -1)))
+    scores = ckg_tone.score_tones(ae, candidates, latents, real, progress=False)
+    assert int(np.argmax(scores)) == 1 and scores[1] > scores[0] and scores[1] > scores[2]
+
+    model_dir = save_model(random_model("tiny", seed=0), tmp_path / "model")
+    cfg = write_config(workdir, workdir / "run", **{"data.root": str(make_dataset(tmp_path / "five", n=5))})
+    picked = ckg_tone.main(["--config", str(cfg), "--model", str(model_dir), "--candidates", "2", "--score-frames", "2"])
+    assert picked["frame"] in picked["candidates"] and len(picked["scores"]) == 2
+    assert picked["scores"][picked["candidates"].index(picked["frame"])] == max(picked["scores"])
+    model = load_model(model_dir)
+    assert model.ckg_tone == "reference" and model.ckg_tone_latent.shape[:2] == (1, 8)
+    assert model.info["ckg_tone"]["frame"].startswith(picked["frame"])
