@@ -262,7 +262,7 @@ def load_ckg_tone(folder: Path, meta: dict, device) -> torch.Tensor | None:
 def set_ckg_tone(folder: Path, latent: torch.Tensor | None, note: dict | None = None) -> MagicFuseModel:
     """Record (or with None remove) the reference infrared tone of the model folder's CKG image: writes
     ckg_tone.safetensors and model.json's `ckg_tone` (+ `info.ckg_tone`: where it came from), then loads the
-    folder again so that a model it would break is never left behind unnoticed."""
+    folder again."""
     folder = Path(folder)
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text())
@@ -271,8 +271,9 @@ def set_ckg_tone(folder: Path, latent: torch.Tensor | None, note: dict | None = 
         meta["ckg_tone"] = "own"
         info.pop("ckg_tone", None)
         (folder / CKG_TONE_FILE).unlink(missing_ok=True)
-    else:
-        latent = check_ckg_tone_latent(latent.detach().cpu(), latent.shape[1] if latent.dim() == 4 else -1)
+    else:  # checked against the folder's autoencoder before anything is written
+        channels = load_model(folder).autoencoder.config.latent_channels
+        latent = check_ckg_tone_latent(latent.detach().cpu() if isinstance(latent, torch.Tensor) else latent, channels)
         save_file({"latent": latent.contiguous()}, str(folder / CKG_TONE_FILE))
         meta["ckg_tone"] = "reference"
         info["ckg_tone"] = dict(note or {})

@@ -20,15 +20,16 @@ from tqdm import tqdm
 from magicfuse_core.checkpoint import set_ckg_tone
 from magicfuse_core.color import luma
 from magicfuse_core.evaluation.metrics import ir_similarity
+from magicfuse_core.pipeline import images_to_uint8
 from training.builders import build_autoencoder
 from training.config import load_config, repo_path
 from training.data import make_dataset
 
 
 def grey_u8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> (B, H, W) uint8 BT.601 luma."""
-    y = luma(images[:, 0:1].float(), images[:, 1:2].float(), images[:, 2:3].float())[:, 0]
-    return (y.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    """(B, 3, H, W) in [0, 1] -> (B, H, W) uint8 luma, as the pipeline turns the CKG image into its `ir` output."""
+    images = images.float()
+    return images_to_uint8(luma(images[:, 0:1], images[:, 1:2], images[:, 2:3]))[..., 0]
 
 
 @torch.no_grad()

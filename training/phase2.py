@@ -65,7 +65,7 @@ PHASE2_DEFAULTS = {
     "ema_decay": 0.0,
     "seg_weight": 1.0,
     "seg_class_weights": "mfnet",  # the reference's per-class weights (unlabelled 0.4, car 0.8, ...) or "uniform"
-    "visual_weight": 1.0,          # 0: no decoding and no visual loss (retrain S alone: ~10x cheaper a step)
+    "visual_weight": 1.0,          # 0: no decoding and no visual loss (retrain S alone: no decoder pass at all)
     "anchor_weight": 0.0,          # > 0: pull F's w towards the anchor's w on the same inputs (S learns, MagImg stays)
     "anchor_fusion": None,         # the anchor: a trained F of any size (default: init_fusion)
     "latent_crop": "data",         # "data": data.latent_crop
