@@ -59,6 +59,14 @@ class StepOutput:
     w_r: torch.Tensor        # after the radiation-map correction
 
 
+def stream_estimate(denoiser: Denoiser, cond_latent: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                    schedule: DDIMSchedule, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stream's (eps, z0 estimate) at step `index`. The IKR and CKG streams step on their own (F and S
+    never feed back into them), so their rollouts can be computed once and stored (training/seg_head.py)."""
+    eps = denoiser(torch.cat([cond_latent, x], dim=1), t).float()
+    return eps, schedule.predict_x0(x, eps, index)
+
+
 def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_latent: torch.Tensor,
                state: StreamState, schedule: DDIMSchedule, index: int, *, tau: float = DEFAULT_TAU,
                thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP) -> StepOutput:
@@ -71,10 +79,8 @@ def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_
     """
     t = torch.full((cond_latent.shape[0],), float(schedule.timesteps[index]), device=cond_latent.device,
                    dtype=torch.float32)
-    eps_ikr = ikr_denoiser(torch.cat([cond_latent, state.x_ikr], dim=1), t).float()
-    eps_ckg = ckg_denoiser(torch.cat([cond_latent, state.x_ckg], dim=1), t).float()
-    z0_ikr = schedule.predict_x0(state.x_ikr, eps_ikr, index)
-    z0_ckg = schedule.predict_x0(state.x_ckg, eps_ckg, index)
+    eps_ikr, z0_ikr = stream_estimate(ikr_denoiser, cond_latent, state.x_ikr, t, schedule, index)
+    eps_ckg, z0_ckg = stream_estimate(ckg_denoiser, cond_latent, state.x_ckg, t, schedule, index)
     w, seg_next = fusion_net(torch.cat([z0_ikr, z0_ckg, state.x_fused], dim=1), eps_ikr, eps_ckg, t, state.seg_state)
     w_r = correct_weight(w.float(), radiation_mask(seg_next.detach(), thermal_classes, radiation_map).float(), tau)
     eps_fused = fuse_noise(w_r, eps_ikr, eps_ckg)

@@ -56,8 +56,8 @@ def trained_component(run_dir: Path, name: str, phase2: dict) -> tuple[torch.nn.
         raise FileNotFoundError(f"no checkpoint for {name}: {path} (train it first, see docs/TRAINING.md)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     steps, wall = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
-    if name == "fusion":
-        start = phase2.get("init_fusion")
+    if name == "fusion":  # a seg-head stage (training.seg_head) records the F it started from
+        start = state["extra"].get("init_fusion") or phase2.get("init_fusion")
     else:  # a Ψ/Φ fine-tuned with phase1.<name>.init: the config saved in its checkpoint says from what
         phase1 = (state.get("config") or {}).get("phase1") or {}
         start = (phase1.get(name) or {}).get("init") or phase1.get("init")

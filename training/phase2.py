@@ -248,7 +248,7 @@ def main(argv=None) -> dict:
     # segmentation loss's gradients are 10-40x the weight head's visual-loss gradients, so one global norm
     # clipped at grad_clip scaled the weight head's updates to almost nothing (w stayed 0.99-1.0).
     weight_params = list(fusion.estimate.parameters())
-    seg_params = list(fusion.segproj.parameters())
+    seg_params = list(fusion.seg_head().parameters())
     own = {id(q) for q in weight_params + seg_params}
     trunk_params = [q for q in fusion.parameters() if id(q) not in own]
     groups = [{"params": weight_params, "lr": p["lr"] * weight_lr_scale}, {"params": trunk_params, "lr": p["lr"]},

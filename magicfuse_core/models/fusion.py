@@ -31,6 +31,11 @@ class FusionConfig:
     # full latent resolution). 1 = the paper's full attention, whose cost grows with the square
     # of the latent size (2.8 s per step for the tiny net at 480x640 on a CPU); 4 cuts it 16x.
     attention_pool: int = 1
+    # What S reads (SEG_HEADS): "fold", the paper's, folds F's features into the state; "streams" reads the
+    # two streams' clean-latent estimates through its own small network (StreamSegHead), so S sees the
+    # generated infrared directly and never shares weights with the fusion weight w.
+    seg_head: str = "fold"
+    seg_channels: int = 32     # StreamSegHead's width (unused by "fold")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,8 +48,14 @@ class FusionConfig:
         cfg = cls(**d)
         if int(cfg.attention_pool) < 1:
             raise ValueError(f"fusion attention_pool must be >= 1, got {cfg.attention_pool}")
+        if cfg.seg_head not in SEG_HEADS:
+            raise ValueError(f"fusion seg_head must be one of {', '.join(SEG_HEADS)}, got {cfg.seg_head!r}")
+        if int(cfg.seg_channels) < 8:
+            raise ValueError(f"fusion seg_channels must be >= 8, got {cfg.seg_channels}")
         return cfg
 
+
+SEG_HEADS = ("fold", "streams")
 
 PROFILES: dict[str, FusionConfig] = {
     "paper": FusionConfig(),
@@ -156,6 +167,39 @@ class FusionBlock(nn.Module):
         return h, (after_res, h)
 
 
+class StreamSegHead(nn.Module):
+    """S read from the streams (seg_head "streams"): (z0_ikr, z0_ckg, s, temb) -> next state s.
+
+    The generated infrared's clean estimate is the evidence a thermal target is there, the restored
+    visible one says what it looks like. Neither depends on F or S (the IKR and CKG streams step on
+    their own), so this head can be trained on stored stream rollouts (training/seg_head.py) and
+    changes MagImg only through the radiation map. Context runs at half the latent resolution with
+    dilated convolutions (about 60 latent pixels, 240 image pixels, of view); the result is merged
+    with the full-resolution inputs so small people keep their outline.
+    """
+
+    def __init__(self, latent_channels: int, num_classes: int, channels: int, temb_dim: int,
+                 dilations=(1, 2, 4, 8)):
+        super().__init__()
+        c_in = 2 * latent_channels + num_classes
+        groups = max(g for g in (8, 4, 2, 1) if channels % g == 0)
+        self.stem = nn.Conv2d(c_in, channels, 3, stride=2, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, channels)
+        self.context = nn.ModuleList(nn.Sequential(GroupNorm32(groups, channels, eps=1e-6), nn.SiLU(),
+                                                   nn.Conv2d(channels, channels, 3, padding=d, dilation=d))
+                                     for d in dilations)
+        self.merge = nn.Conv2d(channels + c_in, channels // 2, 1)
+        self.out = nn.Conv2d(channels // 2, num_classes, 3, padding=1)
+
+    def forward(self, z0_ikr, z0_ckg, seg_state, temb):
+        x = torch.cat([z0_ikr, z0_ckg, seg_state], dim=1)
+        h = F.silu(self.stem(x)) + self.temb_proj(F.silu(temb)).to(x.dtype)[..., None, None]
+        for block in self.context:
+            h = h + block(h)
+        h = F.interpolate(h, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(F.silu(self.merge(torch.cat([h, x], dim=1))))
+
+
 class FusionNet(nn.Module):
     """(x24, eps_ikr, eps_ckg, t, seg_state) -> (w, seg_state_next).
 
@@ -175,19 +219,34 @@ class FusionNet(nn.Module):
         self.blocks = nn.ModuleList([FusionBlock(c, lc, temb_dim, cfg.groups, cfg.attention_pool) for _ in range(cfg.num_blocks)])
         self.normout = nn.Conv2d(c, lc, 1)
         self.estimate = nn.Sequential(nn.Conv2d(3 * lc, c, 3, padding=1), nn.Conv2d(c, lc, 3, padding=1))
-        self.segproj = nn.ModuleList([nn.Conv2d(c + k, k, 3, padding=1) for _ in range(2 * cfg.num_blocks)])
+        if cfg.seg_head == "streams":
+            self.stream_seg = StreamSegHead(lc, k, int(cfg.seg_channels), temb_dim)
+        else:
+            self.segproj = nn.ModuleList([nn.Conv2d(c + k, k, 3, padding=1) for _ in range(2 * cfg.num_blocks)])
+
+    def seg_head(self) -> nn.Module:
+        """The segmentation head S's own layers (the fold's projections or the stream head)."""
+        return self.stream_seg if self.config.seg_head == "streams" else self.segproj
+
+    def time_embedding(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.time_embed(ddpm_timestep_embedding(t, self.config.channels).to(dtype))
 
     def forward(self, x24, eps_ikr, eps_ckg, t, seg_state):
         if t.dim() == 0:
             t = t.expand(x24.shape[0])
-        temb = self.time_embed(ddpm_timestep_embedding(t, self.config.channels).to(x24.dtype))
+        temb = self.time_embedding(t, x24.dtype)
         h = self.inconv(x24)
+        streams = self.config.seg_head == "streams"
         s = seg_state
-        fold = iter(self.segproj)
+        fold = None if streams else iter(self.segproj)
         for block in self.blocks:
             h, features = block(h, temb, eps_ikr, eps_ckg)
-            for feature in features:
-                s = next(fold)(torch.cat([feature, s], dim=1))
+            if not streams:
+                for feature in features:
+                    s = next(fold)(torch.cat([feature, s], dim=1))
+        if streams:
+            lc = self.config.latent_channels
+            s = self.stream_seg(x24[:, :lc], x24[:, lc:2 * lc], seg_state, temb)
         w = self.estimate(torch.cat([self.normout(h), eps_ikr, eps_ckg], dim=1))
         return w, s
 

@@ -138,6 +138,18 @@ def test_pooled_attention_fusion_net_exports_with_dynamic_size(tmp_path):
     assert_export_matches_torch(pooled, "fusion", tmp_path, other_size=(2, 96, 128))
 
 
+def test_stream_segmentation_head_exports_with_dynamic_size(tmp_path):
+    # The half-resolution context of seg_head "streams" is resized back to the latent's own size: odd
+    # sizes (a 480x636 frame) must come out of ONNX Runtime as out of torch.
+    from magicfuse_core.models.fusion import FusionConfig, FusionNet
+
+    model = random_model("tiny", seed=2)
+    torch.manual_seed(4)
+    model.fusion = FusionNet(FusionConfig.from_dict({**model.fusion.config.to_dict(), "attention_pool": 4,
+                                                     "seg_head": "streams", "seg_channels": 16})).eval()
+    assert_export_matches_torch(model, "fusion", tmp_path, other_size=(2, 92, 124))
+
+
 def test_sample_prediction_unet_exports_with_its_epsilon_conversion(tmp_path):
     # The z0 -> epsilon conversion (a timestep-indexed table) is part of the graph, so ONNX Runtime
     # and TensorRT engines hand the sampler the same noise as torch.

@@ -136,6 +136,35 @@ def test_fusion_attention_pool_is_a_config_field_with_the_same_parameters():
         FusionConfig.from_dict({"attention_pool": 0})
 
 
+def test_stream_segmentation_head_reads_only_the_streams_and_leaves_the_weight_alone():
+    # seg_head "streams": S sees the two clean-latent estimates, its state and t, never F's features, so it
+    # trains on stored stream rollouts; and F's weight w (MagImg) is the fold net's with the same trunk.
+    from magicfuse_core.models.fusion import FusionConfig, FusionNet
+
+    torch.manual_seed(0)
+    fold = FusionNet(FusionConfig(channels=16, num_blocks=1, groups=8)).eval()
+    streams = FusionNet(FusionConfig.from_dict({**fold.config.to_dict(), "seg_head": "streams", "seg_channels": 16})).eval()
+    assert not hasattr(streams, "segproj") and streams.seg_head() is streams.stream_seg
+    trunk = {k: v for k, v in fold.state_dict().items() if not k.startswith("segproj.")}
+    streams.load_state_dict({**streams.state_dict(), **trunk})
+    x24, eps_i, eps_c = torch.randn(2, 24, 11, 13), torch.randn(2, 8, 11, 13), torch.randn(2, 8, 11, 13)
+    t, s0 = torch.tensor([800.0, 200.0]), torch.randn(2, 9, 11, 13)
+    with torch.no_grad():
+        w_fold, _ = fold(x24, eps_i, eps_c, t, s0)
+        w, s = streams(x24, eps_i, eps_c, t, s0)
+        other_fused = torch.cat([x24[:, :16], torch.randn(2, 8, 11, 13)], dim=1)
+        _, s_other = streams(other_fused, torch.randn_like(eps_i), torch.randn_like(eps_c), t, s0)
+        _, s_later = streams(x24, eps_i, eps_c, torch.tensor([0.0, 0.0]), s0)
+        _, s_ckg = streams(torch.cat([x24[:, :8], -x24[:, 8:16], x24[:, 16:]], dim=1), eps_i, eps_c, t, s0)
+    assert s.shape == (2, 9, 11, 13)  # odd sizes: the half-resolution context is resized back exactly
+    torch.testing.assert_close(w, w_fold)
+    torch.testing.assert_close(s_other, s)  # the fused sample and the noises do not reach S
+    assert not torch.allclose(s_later, s) and not torch.allclose(s_ckg, s)  # t and the CKG estimate do
+    with pytest.raises(ValueError, match="seg_head"):
+        FusionConfig.from_dict({"seg_head": "features"})
+    assert FusionConfig.from_dict({}).seg_head == "fold"  # model.json files without the field: the paper's S
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sample_prediction_denoiser_hands_the_sampler_the_epsilon_of_its_z0(dtype):
     # The UNet returns what it predicts; EpsilonDenoiser turns a z0 prediction into the noise whose

@@ -601,3 +601,108 @@ def test_ckg_tone_picks_the_training_frame_whose_tone_renders_the_real_infrared(
     model = load_model(model_dir)
     assert model.ckg_tone == "reference" and model.ckg_tone_latent.shape[:2] == (1, 8)
     assert model.info["ckg_tone"]["frame"].startswith(picked["frame"])
+
+
+# ---------------------------------------------------------------------------- the stream segmentation head
+
+def test_seg_head_trains_on_the_exact_rollouts_and_states_inference_samples():
+    # The stored estimates are the fused sampler's z0_ikr / z0_ckg at every step for the same start, and S
+    # unrolled over them ends in the state the sampler carries: S trains on what it will see.
+    from magicfuse_core.sampler import fused_sample
+    from training.seg_head import RolloutCache, unroll
+
+    _, ikr, ckg, _ = tiny_frozen_nets()
+    schedule = DDIMSchedule(num_inference_steps=4)
+    torch.manual_seed(1)
+    net = build_fusion({"config": {"channels": 16, "num_blocks": 1, "groups": 8, "seg_head": "streams",
+                                   "seg_channels": 16}}).eval()
+    degraded = torch.randn(2, 2, 8, 6, 7)  # 2 frames x 2 cached degradations
+    cache = LatentCache({"clean": degraded[:, 0], "ir": degraded[:, 0], "degraded": degraded,
+                         "masks": torch.zeros(2, 24, 28, dtype=torch.uint8)}, {"names": ["a", "b"]})
+    rollouts = RolloutCache.build(cache, ikr, ckg, schedule, seeds=1, log=lambda *_: None)
+    assert rollouts.z0.shape == (4, 4, 16, 6, 7) and rollouts.frame.tolist() == [0, 0, 1, 1]
+    z_T = torch.randn((2, 8, 6, 7), generator=torch.Generator().manual_seed(1))  # frame 1's start noise
+    seen = []
+    seg_T = torch.randn((2, 9, 6, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = fused_sample(ikr, ckg, net, degraded[1], z_T, seg_T, schedule,
+                           callback=lambda i, step: seen.append(torch.cat([step.z0_ikr, step.z0_ckg], dim=1)))
+        states = unroll(net, rollouts.z0[2:4].float(), schedule, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(rollouts.z0[2:4].float(), torch.stack(seen, dim=1).half().float())
+    torch.testing.assert_close(states[-1], out.seg_state, rtol=2e-3, atol=2e-3)  # fp16 storage of the estimates
+
+
+def test_seg_head_scores_held_out_frames_as_the_model_card_does():
+    from magicfuse_core.data import Box, boxes_to_mask
+    from magicfuse_core.evaluation.targets import segmentation_counts
+    from magicfuse_core.palette import IGNORE_INDEX
+    from training.seg_head import mask_counts
+
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, 60, (64, 80), dtype=np.uint8)
+    ir[10:40, 20:30] = 220  # a warm person inside its box
+    # YOLO person (centre 25, 23; 20 x 34 px) and car boxes, normalised centre and size
+    boxes = [Box(0, 25 / 80, 23 / 64, 20 / 80, 34 / 64), Box(2, 57 / 80, 42 / 64, 26 / 80, 24 / 64)]
+    weak = boxes_to_mask(boxes, 64, 80, outside_box_label=0, ir=ir, silhouette_classes=(2,))  # the cache's masks
+    assert {0, 1, 2, IGNORE_INDEX} <= set(np.unique(weak).tolist())
+    seg = rng.integers(0, 9, (64, 80))
+    assert mask_counts(torch.from_numpy(seg), torch.from_numpy(weak.astype(np.int64))) == segmentation_counts(seg, boxes, ir)
+
+
+def seg_head_config(workdir, model_dir, run, **changes):
+    return write_config(workdir, workdir / run, **{
+        "data.latent_cache": str(workdir / "latents.pt"), "data.silhouette_classes": ["person"],
+        "seg_head": {"init_fusion": str(model_dir / "fusion.safetensors"), "seg_channels": 16, "holdout": 1,
+                     "batch_size": 2, "latent_crop": [8, 8], "max_steps": 6, "eval_every": 3, "log_every": 3,
+                     "max_outside": 1.0}, **changes})
+
+
+def test_seg_head_keeps_fs_weight_and_exports_a_model_that_samples(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from magicfuse_core.pipeline import MagicFusePipeline
+    from training import seg_head
+
+    workdir = tmp_path
+    (workdir / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    start = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}})
+    save_component(start, tmp_path / "model", "fusion", dtype=torch.float32)
+    shipped = {}  # Ψ/Φ from a model folder, as the bundled model's S was trained
+    for name in ("ikr", "ckg"):
+        save_component(build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}), tmp_path / "model", name)
+        shipped[f"phase2.{name}_checkpoint"] = str(tmp_path / "model" / f"{name}.safetensors")
+    cfg = seg_head_config(workdir, tmp_path / "model", "run", **shipped)
+    summary = seg_head.main(["--config", str(cfg), "--no-progress"])
+    assert [h["step"] for h in summary["history"]] == [3, 6] and summary["best"] is not None
+    trained = load_trained_module(workdir / "run/fusion/last.pt")
+    assert trained.config.seg_head == "streams" and trained.config.seg_channels == 16
+    for k, v in start.state_dict().items():  # F's trunk and weight head: exactly the ones it started from
+        if not k.startswith("segproj."):
+            assert torch.equal(trained.state_dict()[k], v), k
+
+    # a second run reuses the rollouts; export and sample with the new S
+    rollouts = workdir / "latents.rollouts.pt"
+    built = rollouts.stat().st_mtime_ns
+    seg_head.main(["--config", str(seg_head_config(workdir, tmp_path / "model", "again", **shipped)), "--no-progress"])
+    assert rollouts.stat().st_mtime_ns == built
+    out = export_model.main(["--config", str(cfg), "--out", str(workdir / "exported")])
+    model = load_model(out)
+    assert model.fusion.config.seg_head == "streams" and model.info["steps"]["fusion"] == summary["best"]["step"]
+    frame = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    result = MagicFusePipeline(model)([frame], outputs=("magimg", "seg"))
+    assert result.seg_labels[0].shape == (48, 48)
+
+
+def test_seg_head_needs_the_fusion_net_it_goes_with_and_a_holdout(workdir, tmp_path):
+    from training import seg_head
+
+    cfg = write_config(workdir, workdir / "run", **{"seg_head": {"holdout": 1}})
+    with pytest.raises(ValueError, match="init_fusion"):
+        seg_head.main(["--config", str(cfg), "--no-progress"])
+    from magicfuse_core.checkpoint import save_component
+    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m", "fusion")
+    cfg = seg_head_config(workdir, tmp_path / "m", "run", **{})
+    raw = yaml.safe_load(Path(cfg).read_text())
+    raw["seg_head"]["holdout"] = 2  # the test data has 2 frames: nothing left to train on
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="holdout"):
+        seg_head.main(["--config", str(cfg), "--no-progress"])

@@ -1,0 +1,289 @@
+"""Train the stream segmentation head S (fusion seg_head: streams) on stored stream rollouts.
+
+    python -m training.seg_head --config training/configs/cpu_demo_seg.yaml
+
+S with `seg_head: streams` reads only the IKR and CKG streams' clean-latent estimates and its own
+previous state. Those streams step on their own (F and S never feed back into them), so the frozen
+Ψ/Φ roll out once per training frame, degradation and start noise (the rollout cache), and S trains on
+the stored estimates as a plain recurrent segmentation net: no denoiser and no decoder in the loop,
+hundreds of steps a minute on a CPU instead of a few. F's trunk and weight head are copied from
+`init_fusion` and stay frozen, so MagImg changes only where the radiation map sends pixels to the
+CKG stream.
+
+The last `holdout` frames of the training list never train S; they score every checkpoint (person IoU
+against the IR silhouettes, the share of pixels outside every box labelled as an object), and the best
+one that keeps the outside share under `max_outside` is written as RUN_DIR/fusion/last.pt, which
+`training.export_model` exports like a phase-2 F/S. Validation frames are never read.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from magicfuse_core.checkpoint import load_state_dict_strict
+from magicfuse_core.evaluation.targets import BIKE_ID, CAR_ID, PERSON_ID, segmentation_scores
+from magicfuse_core.losses import segmentation_loss
+from magicfuse_core.models.fusion import FusionNet, class_labels, upsample_logits
+from magicfuse_core.palette import IGNORE_INDEX
+from magicfuse_core.sampler import stream_estimate
+from magicfuse_core.schedule import DDIMSchedule
+from training.builders import build_autoencoder, build_fusion
+from training.checkpoints import load_trained_module, save_checkpoint
+from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
+from training.distributed import setup_distributed
+from training.latent_cache import LatentCache, get_latent_cache
+from training.phase2 import PHASE2_DEFAULTS, frozen_denoiser, seg_class_weights
+from training.rng import step_generator
+from training.run_log import RunLogger, Throughput
+
+SEG_HEAD_DEFAULTS = {
+    "init_fusion": None,        # required: the trained F whose trunk and weight head are kept
+    "seg_channels": 32,         # the head's width (FusionConfig.seg_channels)
+    "rollout_cache": None,      # default: next to the latent cache, <latents>.rollouts.pt
+    "rollout_seeds": 1,         # start noises per frame and cached degradation
+    "holdout": 30,              # last frames of the training list: checkpoint selection only
+    "max_outside": 0.05,        # selection: at most this share of outside-box pixels labelled as objects
+    "batch_size": 8,
+    "latent_crop": [48, 64],    # 192x256 px: the head's view is about 60 latent pixels wide
+    "object_crop_prob": 0.5,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "class_weights": "uniform",  # "mfnet", "uniform" or 9 numbers (phase2.seg_class_weights)
+    "max_steps": 4000,
+    "time_budget_min": 0,
+    "log_every": 50,
+    "eval_every": 250,
+}
+
+
+class RolloutCache:
+    """The IKR and CKG streams' clean-latent estimates at every DDIM step, stored per sample.
+
+    z0: (S, steps, 16, h, w) float16 (z0_ikr then z0_ckg along the channels), one sample per frame,
+    cached degradation and start noise; frame: (S,) index into the latent cache (its masks).
+    """
+
+    def __init__(self, z0: torch.Tensor, frame: torch.Tensor, meta: dict):
+        self.z0, self.frame, self.meta = z0, frame, meta
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, latents: LatentCache, ikr, ckg, schedule: DDIMSchedule, seeds: int, log=print) -> "RolloutCache":
+        n, variants = latents.degraded.shape[:2]
+        z0, frame = [], []
+        start = time.time()
+        for k in range(n):
+            cond = latents.degraded[k].float()  # (V, 8, h, w): every cached degradation of frame k, one batch
+            for r in range(seeds):
+                g = torch.Generator().manual_seed(1_000_003 * r + k)
+                x_ikr = x_ckg = torch.randn(cond.shape, generator=g)  # one shared start, as the fused sampler
+                steps = []
+                for i, t in enumerate(schedule.timesteps):
+                    tt = torch.full((cond.shape[0],), float(t))
+                    eps_i, z0_i = stream_estimate(ikr, cond, x_ikr, tt, schedule, i)
+                    eps_c, z0_c = stream_estimate(ckg, cond, x_ckg, tt, schedule, i)
+                    steps.append(torch.cat([z0_i, z0_c], dim=1).half())
+                    x_ikr, x_ckg = schedule.next_sample(z0_i, eps_i, i), schedule.next_sample(z0_c, eps_c, i)
+                z0.append(torch.stack(steps, dim=1))  # (V, steps, 16, h, w)
+                frame += [k] * cond.shape[0]
+            if k % 20 == 0 or k == n - 1:
+                rate = (k + 1) / (time.time() - start)
+                log(f"rollout cache {k + 1}/{n} frames ({rate:.2f} frames/s, {variants * seeds} rollouts each)")
+        return cls(torch.cat(z0), torch.tensor(frame), {"steps": schedule.num_inference_steps, "seeds": seeds,
+                                                       "names": latents.meta["names"]})
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"z0": self.z0, "frame": self.frame, "meta": self.meta}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "RolloutCache":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return cls(state["z0"], state["frame"], state["meta"])
+
+
+def crop_batch(rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tensor, batch_size: int,
+               crop: tuple[int, int], focus: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random latent crops (+ flips) of random samples among `samples`: ((B, steps, 16, ch, cw) float32,
+    (B, 4ch, 4cw) class ids). With probability `focus` a crop is centred on a labelled object pixel."""
+    _, _, _, h, w = rollouts.z0.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    z0, target = [], []
+    for _ in range(batch_size):
+        s = int(samples[int(torch.randint(len(samples), (1,), generator=g))])
+        mask = masks[int(rollouts.frame[s])]
+        top, left = int(torch.randint(h - ch + 1, (1,), generator=g)), int(torch.randint(w - cw + 1, (1,), generator=g))
+        if float(torch.rand(1, generator=g)) < focus:
+            objects = ((mask > 0) & (mask < IGNORE_INDEX)).nonzero()
+            if len(objects):
+                y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
+                top, left = min(max(y - ch // 2, 0), h - ch), min(max(x - cw // 2, 0), w - cw)
+        z = rollouts.z0[s, :, :, top:top + ch, left:left + cw].float()
+        m = mask[4 * top:4 * (top + ch), 4 * left:4 * (left + cw)].long()
+        if float(torch.rand(1, generator=g)) < 0.5:
+            z, m = z.flip(-1), m.flip(-1)
+        z0.append(z)
+        target.append(m)
+    return torch.stack(z0), torch.stack(target)
+
+
+def unroll(net: FusionNet, z0: torch.Tensor, schedule: DDIMSchedule, g: torch.Generator) -> list[torch.Tensor]:
+    """S over the stored steps, from a standard-normal state as the sampler starts it -> logits per step."""
+    b, steps, c2, h, w = z0.shape
+    lc = c2 // 2
+    s = torch.randn((b, net.config.num_classes, h, w), generator=g)
+    out = []
+    for i in range(steps):
+        temb = net.time_embedding(torch.full((b,), float(schedule.timesteps[i])), z0.dtype)
+        s = net.stream_seg(z0[:, i, :lc], z0[:, i, lc:], s, temb)
+        out.append(s)
+    return out
+
+
+def mask_counts(labels: torch.Tensor, mask: torch.Tensor) -> dict[str, int]:
+    """`magicfuse_core.evaluation.targets.segmentation_counts` from a cached weak mask (IR-silhouette
+    people, filled car/bike boxes, 0 outside every box, ignore on a person box's colder pixels)."""
+    pred_person, true_person, scored = labels == PERSON_ID, mask == PERSON_ID, mask != IGNORE_INDEX
+    objects = (labels == PERSON_ID) | (labels == CAR_ID) | (labels == BIKE_ID)
+    counts = {"person_tp": int((pred_person & true_person).sum()),
+              "person_fp": int((pred_person & ~true_person & scored).sum()),
+              "person_fn": int((~pred_person & true_person).sum()),
+              "outside_px": int((mask == 0).sum()), "outside_object_px": int((objects & (mask == 0)).sum())}
+    for name, cid in (("car", CAR_ID), ("bike", BIKE_ID)):
+        counts[f"{name}_inter"] = int(((labels == cid) & (mask == cid)).sum())
+        counts[f"{name}_union"] = int(((labels == cid) | (mask == cid)).sum())
+    return counts
+
+
+@torch.no_grad()
+def holdout_scores(net: FusionNet, rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tensor,
+                   schedule: DDIMSchedule, seed: int) -> dict[str, float]:
+    """The final step's labels of whole held-out frames against their weak masks (segmentation_scores)."""
+    total: dict[str, int] = {}
+    for s in samples.tolist():
+        logits = unroll(net, rollouts.z0[s:s + 1].float(), schedule, torch.Generator().manual_seed(seed + s))[-1]
+        labels = class_labels(upsample_logits(logits))[0]
+        for k, v in mask_counts(labels, masks[int(rollouts.frame[s])].long()).items():
+            total[k] = total.get(k, 0) + v
+    return segmentation_scores(total)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    run, data = with_defaults(cfg, RUN_DEFAULTS), with_defaults(cfg["data"], DATA_DEFAULTS)
+    p = with_defaults(cfg.get("seg_head") or {}, SEG_HEAD_DEFAULTS)
+    p2 = with_defaults(cfg["phase2"], PHASE2_DEFAULTS)
+    if not p["init_fusion"]:
+        raise ValueError("seg_head.init_fusion: name the trained F (a phase-2 last.pt or a fusion.safetensors) "
+                         "whose weight head the new S goes with")
+    seed = int(run["seed"])
+    if run["threads"]:
+        torch.set_num_threads(int(run["threads"]))
+    ctx = setup_distributed("cpu")  # a few minutes on a CPU; one process
+    run_dir = repo_path(cfg["run_dir"]) / "fusion"
+    log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
+
+    # ---- F from init_fusion, with a new stream head --------------------------------------------
+    trained = load_trained_module(repo_path(p["init_fusion"]))
+    spec = {"config": {**trained.config.to_dict(), "seg_head": "streams", "seg_channels": int(p["seg_channels"])}}
+    net = build_fusion(spec)
+    kept = {k: v for k, v in trained.state_dict().items() if not k.startswith("segproj.")}
+    load_state_dict_strict(net, {**net.state_dict(), **kept}, f"seg_head.init_fusion {p['init_fusion']}")
+    net.requires_grad_(False)
+    net.stream_seg.requires_grad_(True)
+    log.info(f"S (streams) on {p['init_fusion']}: {sum(q.numel() for q in net.stream_seg.parameters()) / 1e3:.0f} k "
+             f"trainable parameters, F's {sum(q.numel() for q in kept.values()) / 1e3:.0f} k frozen")
+
+    # ---- rollouts ------------------------------------------------------------------------------
+    schedule = DDIMSchedule(num_inference_steps=int(p2["sampling_steps"]))
+    latents = get_latent_cache(cfg, build_autoencoder(cfg["autoencoder"]), ctx, log.info)
+    path = repo_path(p["rollout_cache"] or Path(data["latent_cache"]).with_suffix(".rollouts.pt"))
+    want = {"steps": schedule.num_inference_steps, "seeds": int(p["rollout_seeds"]), "names": latents.meta["names"]}
+    rollouts = RolloutCache.load(path) if path.is_file() else None
+    if rollouts is None or rollouts.meta != want:
+        log.info(f"building rollout cache {path} (Ψ {p2['ikr_checkpoint']}, Φ {p2['ckg_checkpoint']})")
+        ikr = frozen_denoiser(p2["ikr_checkpoint"], cfg["ikr"]["unet"], seed + 1, schedule)
+        ckg = frozen_denoiser(p2["ckg_checkpoint"], cfg["ckg"]["unet"], seed + 2, schedule)
+        rollouts = RolloutCache.build(latents, ikr, ckg, schedule, want["seeds"], log.info)
+        rollouts.save(path)
+    n_frames = len(latents)
+    holdout = int(p["holdout"])
+    if not 0 < holdout < n_frames:
+        raise ValueError(f"seg_head.holdout must be between 1 and {n_frames - 1} frames, got {holdout}")
+    train_samples = (rollouts.frame < n_frames - holdout).nonzero().flatten()
+    first_of_frame = torch.cat([torch.tensor([True]), rollouts.frame[1:] != rollouts.frame[:-1]])
+    held_samples = ((rollouts.frame >= n_frames - holdout) & first_of_frame).nonzero().flatten()
+    log.info(f"{len(train_samples)} training rollouts of {n_frames - holdout} frames; {len(held_samples)} held-out "
+             f"frames score the checkpoints")
+
+    # ---- train ---------------------------------------------------------------------------------
+    weights = seg_class_weights(p["class_weights"])
+    optimizer = torch.optim.AdamW(net.stream_seg.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+    max_steps = int(p["max_steps"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_steps)
+    budget_s = float(p["time_budget_min"] or 0) * 60
+    crop = tuple(int(c) for c in p["latent_crop"])
+    best, history, meter, losses = None, [], Throughput(), []
+    t_start = time.time()
+    bar = tqdm(total=max_steps, disable=args.no_progress, dynamic_ncols=True, desc="S (streams)")
+    for step in range(1, max_steps + 1):
+        g = step_generator(seed, step, 0)
+        z0, target = crop_batch(rollouts, latents.masks, train_samples, int(p["batch_size"]), crop,
+                                float(p["object_crop_prob"]), g)
+        per_step = unroll(net, z0, schedule, g)
+        # every step's state gates that step's radiation map; the last one is also the published map
+        loss = sum(segmentation_loss(upsample_logits(s), target, class_weights=weights) for s in per_step) / len(per_step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        meter.add(z0.shape[0])
+        bar.update(1)
+        out_of_time = budget_s and time.time() - t_start > budget_s
+        if step % int(p["log_every"]) == 0:
+            window = losses[-int(p["log_every"]):]
+            log.scalars(step, {"loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0], **meter.rates()})
+            bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+        if step % int(p["eval_every"]) == 0 or step == max_steps or out_of_time:
+            net.eval()
+            scores = holdout_scores(net, rollouts, latents.masks, held_samples, schedule, seed)
+            net.train()
+            history.append({"step": step, **scores})
+            log.info(f"step {step}: held-out person IoU {scores['person_IoU']:.3f} (P {scores['person_precision']:.3f} "
+                     f"R {scores['person_recall']:.3f}), car IoU {scores['car_IoU']:.3f}, outside-box objects "
+                     f"{100 * scores['outside_object_fraction']:.1f} %, loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
+                     f"{meter.rates().get('steps_per_s', 0):.2f} it/s")
+            ok = scores["outside_object_fraction"] <= float(p["max_outside"])
+            if ok and (best is None or scores["person_IoU"] > best["person_IoU"]):
+                best = {"step": step, **scores}
+                save_checkpoint(run_dir / "last.pt", ctx=ctx, step=step, model=net, optimizer=optimizer,
+                                scheduler=scheduler, config=cfg,
+                                extra={"component": "fusion", "stage": "seg_head", "init_fusion": str(p["init_fusion"]),
+                                       "wall_s": time.time() - t_start, "holdout": scores})
+                log.info(f"step {step}: best so far, written to {run_dir / 'last.pt'}")
+        if out_of_time:
+            log.info(f"time budget of {budget_s / 60:.1f} min reached at step {step}")
+            break
+    bar.close()
+    if best is None:
+        log.info(f"no checkpoint kept the outside-box share under {p['max_outside']}: nothing written")
+    summary = {"best": best, "history": history, "wall_s": time.time() - t_start}
+    log.info(f"done in {summary['wall_s'] / 60:.1f} min; best {best}")
+    log.close()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
