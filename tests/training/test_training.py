@@ -672,7 +672,9 @@ def test_seg_head_keeps_fs_weight_and_exports_a_model_that_samples(tmp_path):
         shipped[f"phase2.{name}_checkpoint"] = str(tmp_path / "model" / f"{name}.safetensors")
     cfg = seg_head_config(workdir, tmp_path / "model", "run", **shipped)
     summary = seg_head.main(["--config", str(cfg), "--no-progress"])
-    assert [h["step"] for h in summary["history"]] == [3, 6] and summary["best"] is not None
+    assert [h["step"] for h in summary["history"]] == [3, 6] and summary["step"] == 6
+    # the calibration picked the best held-out person IoU among the score shifts (max_outside 1: all allowed)
+    assert summary["holdout"]["person_IoU"] == max(r["person_IoU"] for r in summary["calibration"])
     trained = load_trained_module(workdir / "run/fusion/last.pt")
     assert trained.config.seg_head == "streams" and trained.config.seg_channels == 16
     for k, v in start.state_dict().items():  # F's trunk and weight head: exactly the ones it started from
@@ -686,10 +688,31 @@ def test_seg_head_keeps_fs_weight_and_exports_a_model_that_samples(tmp_path):
     assert rollouts.stat().st_mtime_ns == built
     out = export_model.main(["--config", str(cfg), "--out", str(workdir / "exported")])
     model = load_model(out)
-    assert model.fusion.config.seg_head == "streams" and model.info["steps"]["fusion"] == summary["best"]["step"]
+    assert model.fusion.config.seg_head == "streams" and model.info["steps"]["fusion"] == 6
     frame = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
     result = MagicFusePipeline(model)([frame], outputs=("magimg", "seg"))
     assert result.seg_labels[0].shape == (48, 48)
+
+
+def test_seg_head_calibration_keeps_the_outside_box_share_and_bakes_the_shift_in(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from training import seg_head
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m", "fusion")
+    cfg = seg_head_config(tmp_path, tmp_path / "m", "run", **{})
+    raw = yaml.safe_load(Path(cfg).read_text())
+    raw["seg_head"].update({"max_outside": 0.0, "max_steps": 3})
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    summary = seg_head.main(["--config", str(cfg), "--no-progress"])
+    least = min(r["outside_object_fraction"] for r in summary["calibration"])
+    assert summary["holdout"]["outside_object_fraction"] == least  # 0 % asked: the fewest outside-box objects
+    # the shift is in the saved head: unshifted, the recalibration scores the picked figures again
+    again = seg_head.main(["--config", str(cfg), "--no-progress", "--calibrate-only"])
+    (unshifted,) = [r for r in again["calibration"] if r["person_shift"] == r["vehicle_shift"] == 0.0]
+    picked = {k: v for k, v in summary["holdout"].items() if not k.endswith("_shift")}
+    assert again["step"] == 3
+    np.testing.assert_equal({k: unshifted[k] for k in picked}, picked)  # NaN (no car anywhere) equals NaN
 
 
 def test_seg_head_needs_the_fusion_net_it_goes_with_and_a_holdout(workdir, tmp_path):
