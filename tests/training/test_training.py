@@ -673,8 +673,8 @@ def test_seg_head_keeps_fs_weight_and_exports_a_model_that_samples(tmp_path):
     cfg = seg_head_config(workdir, tmp_path / "model", "run", **shipped)
     summary = seg_head.main(["--config", str(cfg), "--no-progress"])
     assert [h["step"] for h in summary["history"]] == [3, 6] and summary["step"] == 6
-    # the calibration picked the best held-out person IoU among the score shifts (max_outside 1: all allowed)
-    assert summary["holdout"]["person_IoU"] == max(r["person_IoU"] for r in summary["calibration"])
+    # the calibration picked (within 0.02 of) the best held-out person IoU among the score shifts (max_outside 1)
+    assert summary["holdout"]["person_IoU"] >= max(r["person_IoU"] for r in summary["calibration"]) - 0.02
     trained = load_trained_module(workdir / "run/fusion/last.pt")
     assert trained.config.seg_head == "streams" and trained.config.seg_channels == 16
     for k, v in start.state_dict().items():  # F's trunk and weight head: exactly the ones it started from
