@@ -124,6 +124,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", default="../shared/data/msrs")
     parser.add_argument("--frames", "--limit", dest="frames", type=int, default=None, metavar="N",
                         help="first N val frames only (quick checks; the card is for all 61)")
+    parser.add_argument("--offset", type=int, default=0, metavar="K",
+                        help="skip the first K frames of the split (--split train --offset 270: the frames "
+                             "training.seg_head holds out)")
     parser.add_argument("--split", default="val", choices=("val", "train"),
                         help="frames to score: val (the card) or train (to choose a setting without looking at val)")
     parser.add_argument("--card", default="docs/MODEL_CARD.md")
@@ -135,6 +138,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
+    if args.offset < 0:
+        parser.error(f"--offset must be >= 0, got {args.offset}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.threads:
@@ -144,10 +149,11 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(model_dir, backend=args.backend, steps=args.steps, size="auto")  # the defaults users get
     info = pipe.model.info
     size = pipe.inference_size  # None: native 640x480
-    names = read_names(data / f"{args.split}.txt")[: args.frames]
+    names = read_names(data / f"{args.split}.txt")[args.offset:]
+    names = names[: args.frames]
 
     results, grid = evaluate(pipe, data, names, size)
-    results = {"model": str(args.model), "info": info, "split": args.split, **results}
+    results = {"model": str(args.model), "info": info, "split": args.split, "offset": args.offset, **results}
     grid_path = REPO / args.grid
     if grid["rows"]:
         grid_path.parent.mkdir(parents=True, exist_ok=True)
