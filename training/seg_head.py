@@ -107,8 +107,11 @@ class RolloutCache:
 
     @classmethod
     def load(cls, path: Path) -> "RolloutCache":
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(state["z0"], state["frame"], state["meta"])
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            return cls(state["z0"], state["frame"], state["meta"])
+        except Exception as exc:  # a truncated or foreign file: say which, and how to get a good one
+            raise ValueError(f"cannot read the rollout cache {path} ({exc}): delete it to rebuild it") from exc
 
 
 def crop_batch(rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tensor, batch_size: int,
@@ -283,6 +286,8 @@ def main(argv=None) -> dict:
     t_start = time.time()
     start_step, wall_before = 1, 0.0
     if args.calibrate_only:  # the trained head as it is; the loop below does not run
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"--calibrate-only needs a trained head: {run_dir / 'last.pt'} is missing")
         state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
         load_state_dict_strict(net, state["model"], f"{run_dir / 'last.pt'}")
         start_step, wall_before = max_steps + 1, float(state["extra"].get("wall_s", 0.0))

@@ -725,7 +725,12 @@ def test_seg_head_needs_the_fusion_net_it_goes_with_and_a_holdout(workdir, tmp_p
     save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m", "fusion")
     cfg = seg_head_config(workdir, tmp_path / "m", "run", **{})
     raw = yaml.safe_load(Path(cfg).read_text())
+    with pytest.raises(FileNotFoundError, match="calibrate-only needs a trained head"):
+        seg_head.main(["--config", str(cfg), "--no-progress", "--calibrate-only"])
     raw["seg_head"]["holdout"] = 2  # the test data has 2 frames: nothing left to train on
     Path(cfg).write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="holdout"):
         seg_head.main(["--config", str(cfg), "--no-progress"])
+    (workdir / "latents.rollouts.pt").write_bytes(b"not a cache")  # a truncated file gets a clear error
+    with pytest.raises(ValueError, match="delete it to rebuild"):
+        seg_head.RolloutCache.load(workdir / "latents.rollouts.pt")
