@@ -2,7 +2,8 @@
 
 At every DDIM step F sees the two streams' clean-latent estimates, the fused
 stream's current sample and both predicted noises, and returns a per-pixel
-weight w that mixes the noises. S folds F's attention features into a 9-class
+weight w that mixes the noises. S folds F's attention features (or, with
+seg_head "streams", reads the two streams' clean estimates) into a 9-class
 segmentation state s that is carried from step to step; where s says "thermal
 class" (radiation_mask), w is capped at tau so the generated-infrared stream
 dominates there (weight correction w_r).
