@@ -105,12 +105,9 @@ class LatentCache:
         lefts = torch.randint(w - cw + 1, (batch_size,), generator=g)
         if focus > 0:  # no extra draws otherwise: runs without it keep their random stream
             for i in (torch.rand(batch_size, generator=g) < focus).nonzero().flatten().tolist():
-                mask = self.masks[int(idx[i])]
-                objects = ((mask > 0) & (mask < 255)).nonzero()
-                if len(objects):
-                    y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
-                    tops[i] = min(max(y - ch // 2, 0), h - ch)
-                    lefts[i] = min(max(x - cw // 2, 0), w - cw)
+                window = object_centred_window(self.masks[int(idx[i])], (ch, cw), (h, w), g)
+                if window is not None:
+                    tops[i], lefts[i] = window
         flips = torch.rand(batch_size, generator=g) < 0.5
         out = {"cond": [], "clean": [], "ir": [], "mask": []}
         for i in range(batch_size):
@@ -124,6 +121,18 @@ class LatentCache:
         batch = {k: torch.stack(v).float() for k, v in out.items() if k != "mask"}
         batch["mask"] = torch.stack(out["mask"]).long()
         return batch
+
+
+def object_centred_window(mask: torch.Tensor, crop: tuple[int, int], size: tuple[int, int],
+                          g: torch.Generator) -> tuple[int, int] | None:
+    """(top, left) of a latent crop centred on a random labelled object pixel (id 1..8) of the image-size
+    `mask`, kept inside the (h, w) latent; None when the frame has no labelled object."""
+    objects = ((mask > 0) & (mask < 255)).nonzero()
+    if not len(objects):
+        return None
+    y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
+    (ch, cw), (h, w) = crop, size
+    return min(max(y - ch // 2, 0), h - ch), min(max(x - cw // 2, 0), w - cw)
 
 
 def object_crop_prob(p: dict, cache: LatentCache | None) -> float:

@@ -38,7 +38,7 @@ from training.builders import build_autoencoder, build_fusion
 from training.checkpoints import load_trained_module, save_checkpoint
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.distributed import setup_distributed
-from training.latent_cache import LatentCache, get_latent_cache
+from training.latent_cache import LatentCache, get_latent_cache, object_centred_window
 from training.phase2 import PHASE2_DEFAULTS, frozen_denoiser, seg_class_weights
 from training.rng import step_generator
 from training.run_log import RunLogger, Throughput
@@ -126,10 +126,9 @@ def crop_batch(rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tenso
         mask = masks[int(rollouts.frame[s])]
         top, left = int(torch.randint(h - ch + 1, (1,), generator=g)), int(torch.randint(w - cw + 1, (1,), generator=g))
         if float(torch.rand(1, generator=g)) < focus:
-            objects = ((mask > 0) & (mask < IGNORE_INDEX)).nonzero()
-            if len(objects):
-                y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
-                top, left = min(max(y - ch // 2, 0), h - ch), min(max(x - cw // 2, 0), w - cw)
+            window = object_centred_window(mask, (ch, cw), (h, w), g)
+            if window is not None:
+                top, left = window
         z = rollouts.z0[s, :, :, top:top + ch, left:left + cw].float()
         m = mask[4 * top:4 * (top + ch), 4 * left:4 * (left + cw)].long()
         if float(torch.rand(1, generator=g)) < 0.5:

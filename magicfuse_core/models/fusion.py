@@ -237,15 +237,13 @@ class FusionNet(nn.Module):
             t = t.expand(x24.shape[0])
         temb = self.time_embedding(t, x24.dtype)
         h = self.inconv(x24)
-        streams = self.config.seg_head == "streams"
         s = seg_state
-        fold = None if streams else iter(self.segproj)
+        fold = iter(self.segproj) if self.config.seg_head == "fold" else None
         for block in self.blocks:
             h, features = block(h, temb, eps_ikr, eps_ckg)
-            if not streams:
-                for feature in features:
-                    s = next(fold)(torch.cat([feature, s], dim=1))
-        if streams:
+            for feature in features if fold is not None else ():
+                s = next(fold)(torch.cat([feature, s], dim=1))
+        if fold is None:  # the stream head reads the two clean estimates, not F's features
             lc = self.config.latent_channels
             s = self.stream_seg(x24[:, :lc], x24[:, lc:2 * lc], seg_state, temb)
         w = self.estimate(torch.cat([self.normout(h), eps_ikr, eps_ckg], dim=1))
