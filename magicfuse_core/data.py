@@ -355,3 +355,23 @@ class PairedFolderDataset(Dataset):
 def _chw(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) float [0, 1] -> (3, H, W) float32 tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+HOLDOUT_SPACINGS = ("spread", "last")
+
+
+def holdout_frames(n_frames: int, holdout: int, spacing: str = "spread") -> list[int]:
+    """Indices into a training list of the frames held out from training (training.seg_head scores and
+    calibrates S on them; tools/evaluate_demo_model.py --seg-holdout scores them again).
+
+    "spread": one frame from the middle of each of `holdout` equal stretches of the list. MSRS lists
+    its day and night sequences in blocks, so the last frames alone are one lighting (the first
+    stream heads were calibrated on daylight only and then labelled night scenes far too freely).
+    "last": the last `holdout` frames."""
+    if not 0 < holdout < n_frames:
+        raise ValueError(f"holdout must be between 1 and {n_frames - 1} frames, got {holdout}")
+    if spacing == "last":
+        return list(range(n_frames - holdout, n_frames))
+    if spacing != "spread":
+        raise ValueError(f"holdout_spacing must be one of {HOLDOUT_SPACINGS}, got {spacing!r}")
+    return [(2 * i + 1) * n_frames // (2 * holdout) for i in range(holdout)]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magicfuse_core.data import read_names, read_yolo_boxes
+from magicfuse_core.data import holdout_frames, read_names, read_yolo_boxes
 from magicfuse_core.degrade import degrade_seeded
 from magicfuse_core.evaluation import card, metrics
 from magicfuse_core.evaluation.baselines import luma_u8
@@ -69,6 +69,26 @@ def grey(rgb: np.ndarray) -> np.ndarray:
 def wants_grid_row(name: str, rows: int, has_people: bool) -> bool:
     """Night frames (names ending in N) fill the first half of the grid, day frames the second."""
     return has_people and rows < GRID_ROWS and (rows < GRID_ROWS // 2) == name.endswith("N")
+
+
+# MSRS names end in D (day) or N (night); the card splits its main figures by lighting, because a visible
+# camera at night is where thermal knowledge matters most and where the model finds it hardest.
+LIGHTINGS = (("day", "D"), ("night", "N"))
+LIGHTING_CONTRASTS = (card.IKR, card.CKG, card.MAGIMG, card.REAL_IR)
+
+
+def by_lighting(names: list[str], frames: list[dict]) -> dict[str, dict]:
+    """The card's headline figures for the day and the night frames separately (absent: no such frame)."""
+    out = {}
+    for lighting, suffix in LIGHTINGS:
+        subset = [f for name, f in zip(names, frames) if name.endswith(suffix)]
+        if not subset:
+            continue
+        s = card.summarise(subset)
+        out[lighting] = {"frames": len(subset), "person_frames": s["person_frames"], "ratios": s["ratios"],
+                         "person_contrast": {k: s["contrast"]["person"][k] for k in LIGHTING_CONTRASTS},
+                         "segmentation": {k: s["segmentation"][k] for k in SEG_TARGET_METRICS}}
+    return out
 
 
 def evaluate(pipe: MagicFusePipeline, data: Path, names: list[str], size: tuple[int, int] | None) -> tuple[dict, list]:
@@ -114,6 +134,7 @@ def evaluate(pipe: MagicFusePipeline, data: Path, names: list[str], size: tuple[
         "contrast": summary["contrast"], "person_frames": summary["person_frames"],
         "segmentation": summary["segmentation"], "radiation_mask": summary["radiation"],
         "ratios": summary["ratios"], "grid_frames": grid["names"],
+        "by_lighting": by_lighting(names, frames),
     }
     return results, grid
 
@@ -127,6 +148,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--offset", type=int, default=0, metavar="K",
                         help="skip the first K frames of the split (--split train --offset 270: the frames "
                              "training.seg_head holds out)")
+    parser.add_argument("--seg-holdout", type=int, default=None, metavar="N",
+                        help="score the N training frames that training.seg_head holds out (its default spread "
+                             "spacing; implies --split train)")
     parser.add_argument("--split", default="val", choices=("val", "train"),
                         help="frames to score: val (the card) or train (to choose a setting without looking at val)")
     parser.add_argument("--card", default="docs/MODEL_CARD.md")
@@ -149,11 +173,17 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(model_dir, backend=args.backend, steps=args.steps, size="auto")  # the defaults users get
     info = pipe.model.info
     size = pipe.inference_size  # None: native 640x480
-    names = read_names(data / f"{args.split}.txt")[args.offset:]
-    names = names[: args.frames]
+    if args.seg_holdout is not None:
+        args.split = "train"
+        listed = read_names(data / "train.txt")
+        names = [listed[i] for i in holdout_frames(len(listed), args.seg_holdout)]
+    else:
+        names = read_names(data / f"{args.split}.txt")
+    names = names[args.offset:][: args.frames]
 
     results, grid = evaluate(pipe, data, names, size)
-    results = {"model": str(args.model), "info": info, "split": args.split, "offset": args.offset, **results}
+    results = {"model": str(args.model), "info": info, "split": args.split, "offset": args.offset,
+               "seg_holdout": args.seg_holdout, **results}
     grid_path = REPO / args.grid
     if grid["rows"]:
         grid_path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,12 +329,41 @@ def shortfalls(r: dict, checks: list[tuple[str, bool, str]]) -> list[str]:
                  f"car IoU {fmt(seg['car_IoU'])}, bike IoU {fmt(seg['bike_IoU'])} against the boxes; "
                  f"{100 * seg['outside_object_fraction']:.2f} % of the pixels outside every box are labelled car, person "
                  "or bike. The other MFNet classes have no labels here and are not measured.")
+    lit = r.get("by_lighting") or {}
+    if "day" in lit and "night" in lit:
+        day, night = lit["day"], lit["night"]
+        lines.append(f"- Day against night: S person IoU {fmt(day['segmentation']['person_IoU'])} by day and "
+                     f"{fmt(night['segmentation']['person_IoU'])} at night (precision "
+                     f"{fmt(night['segmentation']['person_precision'])}, recall {fmt(night['segmentation']['person_recall'])}); "
+                     f"MagImg person contrast {signed(day['person_contrast'][card.MAGIMG])} by day and "
+                     f"{signed(night['person_contrast'][card.MAGIMG])} at night, where the real IR has "
+                     f"{signed(night['person_contrast'][card.REAL_IR])}. Do not rely on the map for people at night.")
     data, wall = info.get("data", {}), info.get("wall_time_s", {})
     lines.append(f"- Data: {data.get('frames')} MSRS training frames with synthetic `{data.get('degradation')}` "
                  f"degradations, {sum(v for v in wall.values() if isinstance(v, (int, float))) / 60:.0f} min of training in all; MSRS road scenes and "
                  "MSRS-processed infrared only, so other cameras need retraining (docs/TRAINING.md).")
     lines.append("- Results depend on the sampling seed (the encoder noise, z_T and s_T); the card uses seed = frame index.")
     return lines
+
+
+def lighting_section(lit: dict) -> list[str]:
+    """'Day and night': the headline figures per lighting (MSRS names end in D or N)."""
+    if not lit:
+        return []
+    head = ["frames", *(f"{k} / IKR" for k in card.RATIO_METRICS), *(f"person contrast {k}" for k in LIGHTING_CONTRASTS),
+            "S person IoU", "precision", "recall", "outside %"]
+    rows = []
+    for lighting, v in lit.items():
+        seg, pc = v["segmentation"], v["person_contrast"]
+        cells = [str(v["frames"]), *(fmt(v["ratios"][k]) for k in card.RATIO_METRICS), *(signed(pc[k]) for k in LIGHTING_CONTRASTS),
+                 fmt(seg["person_IoU"]), fmt(seg["person_precision"]), fmt(seg["person_recall"]),
+                 f"{100 * seg['outside_object_fraction']:.1f}"]
+        rows.append(f"| {lighting} | " + " | ".join(cells) + " |")
+    return ["## Day and night", "",
+            "The same figures for the day and the night frames apart (MSRS names end in D or N). At night the",
+            "visible frame shows little of the people the infrared sees, so that is where the thermal stream has",
+            "the least to go on.", "",
+            "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(head), *rows, ""]
 
 
 def ckg_tone_words(r: dict) -> str:
@@ -423,6 +482,7 @@ def model_card(r: dict, grid_path: Path) -> str:
         "",
         *one_row_table("head", {k: seg[k] for k in SEG_TARGET_METRICS}, "{:.3f}"),
         "",
+        *lighting_section(r.get("by_lighting") or {}),
         "## Checks",
         "",
         "| check | result | numbers |",

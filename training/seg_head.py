@@ -10,7 +10,8 @@ hundreds of steps a minute on a CPU instead of a few. F's trunk and weight head 
 `init_fusion` and stay frozen, so MagImg changes only where the radiation map sends pixels to the
 CKG stream.
 
-The last `holdout` frames of the training list never train S; they score the head as it trains (person IoU
+`holdout` frames of the training list never train S (`holdout_frames`: spread evenly over the list, so
+that day and night sequences are both in it; `holdout_spacing: last` takes the last ones); they score the head as it trains (person IoU
 against the IR silhouettes, the share of pixels outside every box labelled as an object) and, at the end,
 calibrate it: the object classes' scores are shifted so that person IoU is highest while at most
 `max_outside` of the outside-box pixels are called objects (`calibrate_object_scores`). The result is
@@ -28,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from magicfuse_core.checkpoint import load_state_dict_strict
+from magicfuse_core.data import holdout_frames
 from magicfuse_core.evaluation.targets import BIKE_ID, CAR_ID, PERSON_ID, segmentation_scores
 from magicfuse_core.losses import segmentation_loss
 from magicfuse_core.models.fusion import FusionNet, class_labels, upsample_logits
@@ -48,7 +50,8 @@ SEG_HEAD_DEFAULTS = {
     "seg_channels": 32,         # the head's width (FusionConfig.seg_channels)
     "rollout_cache": None,      # default: next to the latent cache, <latents>.rollouts.pt
     "rollout_seeds": 1,         # start noises per frame and cached degradation
-    "holdout": 30,              # last frames of the training list: scores and calibration only
+    "holdout": 30,              # training frames that only score and calibrate (holdout_frames)
+    "holdout_spacing": "spread",  # "spread": evenly over the list (day and night); "last": its last frames
     "max_outside": 0.05,        # calibration: at most this share of outside-box pixels labelled as objects
     "batch_size": 8,
     "latent_crop": [48, 64],    # 192x256 px: the head's view is about 60 latent pixels wide
@@ -265,14 +268,13 @@ def main(argv=None) -> dict:
         rollouts = RolloutCache.build(latents, ikr, ckg, schedule, want["seeds"], log.info)
         rollouts.save(path)
     n_frames = len(latents)
-    holdout = int(p["holdout"])
-    if not 0 < holdout < n_frames:
-        raise ValueError(f"seg_head.holdout must be between 1 and {n_frames - 1} frames, got {holdout}")
-    train_samples = (rollouts.frame < n_frames - holdout).nonzero().flatten()
+    held_out = torch.tensor(holdout_frames(n_frames, int(p["holdout"]), p["holdout_spacing"]))
+    is_held = torch.isin(rollouts.frame, held_out)
+    train_samples = (~is_held).nonzero().flatten()
     first_of_frame = torch.cat([torch.tensor([True]), rollouts.frame[1:] != rollouts.frame[:-1]])
-    held_samples = ((rollouts.frame >= n_frames - holdout) & first_of_frame).nonzero().flatten()
-    log.info(f"{len(train_samples)} training rollouts of {n_frames - holdout} frames; {len(held_samples)} held-out "
-             f"frames score the checkpoints")
+    held_samples = (is_held & first_of_frame).nonzero().flatten()
+    log.info(f"{len(train_samples)} training rollouts of {n_frames - len(held_out)} frames; {len(held_samples)} "
+             f"held-out frames ({p['holdout_spacing']}) score the checkpoints")
 
     # ---- train ---------------------------------------------------------------------------------
     weights = seg_class_weights(p["class_weights"])

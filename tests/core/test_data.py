@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from magicfuse_core import degrade, imageio
-from magicfuse_core.data import (IGNORE_INDEX, Box, PairedFolderDataset, boxes_to_mask, otsu_threshold,
-                                 read_names, read_yolo_boxes)
+from magicfuse_core.data import (IGNORE_INDEX, Box, PairedFolderDataset, boxes_to_mask, holdout_frames,
+                                 otsu_threshold, read_names, read_yolo_boxes)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MSRS = SHARED / "data" / "msrs"
@@ -289,3 +289,17 @@ def test_two_real_msrs_frames():
         assert set(np.unique(mask)) <= {0, 1, 2, 3}
         if any(b.cls == 0 for b in frame_boxes):
             assert (mask == 2).any()
+
+
+def test_holdout_frames_hold_out_frames_from_every_part_of_the_training_list():
+    # MSRS lists its night and day sequences in blocks: a spread holdout samples each block
+    spread = holdout_frames(300, 30)
+    assert len(set(spread)) == 30 and spread == sorted(spread) and 0 <= spread[0] and spread[-1] < 300
+    assert max(b - a for a, b in zip(spread, spread[1:])) == 10
+    assert sum(i < 150 for i in spread) == 15  # half of the held-out frames from each half of the list
+    assert holdout_frames(300, 30, "last") == list(range(270, 300))
+    assert holdout_frames(2, 1) == [1] and holdout_frames(3, 2) == [0, 2]
+    with pytest.raises(ValueError, match="holdout_spacing"):
+        holdout_frames(300, 30, "random")
+    with pytest.raises(ValueError, match="between 1 and 299"):
+        holdout_frames(300, 300)

@@ -74,3 +74,17 @@ def test_a_card_of_training_frames_says_it_is_not_a_result(tool, results):
     train = {**results, "split": "train"}
     assert "**This run scored MSRS train frames, which the model trained on: not a result.**" in tool.model_card(
         train, Path("grid.png"))
+
+
+def test_the_card_splits_its_headline_figures_by_day_and_night(tool, results):
+    frames = [scored_card_frame(0), scored_card_frame(1), scored_card_frame(2)]
+    lit = tool.by_lighting(["00004N", "00055D", "00103D"], frames)
+    assert set(lit) == {"day", "night"} and (lit["day"]["frames"], lit["night"]["frames"]) == (2, 1)
+    # each lighting is that subset's own summary, not the whole run's
+    assert lit["night"]["ratios"] == card.summarise(frames[:1])["ratios"]
+    assert lit["day"]["segmentation"]["person_IoU"] == card.summarise(frames[1:])["segmentation"]["person_IoU"]
+    text = tool.model_card({**results, "by_lighting": lit}, Path("grid.png"))
+    assert "## Day and night" in text and "\n| day | 2 | " in text and "\n| night | 1 | " in text
+    assert "- Day against night: S person IoU" in text
+    assert tool.by_lighting(["00055D"], frames[:1]).keys() == {"day"}  # no night frame: no night row
+    assert "## Day and night" not in tool.model_card(results, Path("grid.png"))  # older results: no section
