@@ -149,8 +149,8 @@ def main(argv=None) -> dict:
                         help="skip the first K frames of the split (--split train --offset 270: the frames "
                              "training.seg_head holds out)")
     parser.add_argument("--seg-holdout", type=int, default=None, metavar="N",
-                        help="score the N training frames that training.seg_head holds out (its default spread "
-                             "spacing; implies --split train)")
+                        help="score the N training frames that training.seg_head holds out with holdout_spacing: "
+                             "spread (implies --split train; for the last ones: --split train --offset K)")
     parser.add_argument("--split", default="val", choices=("val", "train"),
                         help="frames to score: val (the card) or train (to choose a setting without looking at val)")
     parser.add_argument("--card", default="docs/MODEL_CARD.md")
@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
     if args.seg_holdout is not None:
         args.split = "train"
         listed = read_names(data / "train.txt")
-        names = [listed[i] for i in holdout_frames(len(listed), args.seg_holdout)]
+        names = [listed[i] for i in holdout_frames(len(listed), args.seg_holdout, "spread")]
     else:
         names = read_names(data / f"{args.split}.txt")
     names = names[args.offset:][: args.frames]

@@ -10,8 +10,8 @@ hundreds of steps a minute on a CPU instead of a few. F's trunk and weight head 
 `init_fusion` and stay frozen, so MagImg changes only where the radiation map sends pixels to the
 CKG stream.
 
-`holdout` frames of the training list never train S (`holdout_frames`: spread evenly over the list, so
-that day and night sequences are both in it; `holdout_spacing: last` takes the last ones); they score the head as it trains (person IoU
+`holdout` frames of the training list never train S (`holdout_frames`: its last frames, or with
+`holdout_spacing: spread` frames spread evenly over it, day and night); they score the head as it trains (person IoU
 against the IR silhouettes, the share of pixels outside every box labelled as an object) and, at the end,
 calibrate it: the object classes' scores are shifted so that person IoU is highest while at most
 `max_outside` of the outside-box pixels are called objects (`calibrate_object_scores`). The result is
@@ -51,7 +51,7 @@ SEG_HEAD_DEFAULTS = {
     "rollout_cache": None,      # default: next to the latent cache, <latents>.rollouts.pt
     "rollout_seeds": 1,         # start noises per frame and cached degradation
     "holdout": 30,              # training frames that only score and calibrate (holdout_frames)
-    "holdout_spacing": "spread",  # "spread": evenly over the list (day and night); "last": its last frames
+    "holdout_spacing": "last",  # "last": the list's last frames (the bundled head); "spread": evenly over it
     "max_outside": 0.05,        # calibration: at most this share of outside-box pixels labelled as objects
     "batch_size": 8,
     "latent_crop": [48, 64],    # 192x256 px: the head's view is about 60 latent pixels wide

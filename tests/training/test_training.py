@@ -702,7 +702,7 @@ def test_seg_head_calibration_keeps_the_outside_box_share_and_bakes_the_shift_in
     save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m", "fusion")
     cfg = seg_head_config(tmp_path, tmp_path / "m", "run", **{})
     raw = yaml.safe_load(Path(cfg).read_text())
-    raw["seg_head"].update({"max_outside": 0.0, "max_steps": 3})
+    raw["seg_head"].update({"max_outside": 0.0, "max_steps": 3, "holdout_spacing": "spread"})
     Path(cfg).write_text(yaml.safe_dump(raw))
     summary = seg_head.main(["--config", str(cfg), "--no-progress"])
     least = min(r["outside_object_fraction"] for r in summary["calibration"])
