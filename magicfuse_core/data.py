@@ -365,8 +365,7 @@ def holdout_frames(n_frames: int, holdout: int, spacing: str = "spread") -> list
     calibrates S on them; tools/evaluate_demo_model.py --seg-holdout scores them again).
 
     "spread": one frame from the middle of each of `holdout` equal stretches of the list. MSRS lists
-    its day and night sequences in blocks, so the last frames alone are one lighting (the first
-    stream heads were calibrated on daylight only and then labelled night scenes far too freely).
+    its day and night sequences in blocks, so its last frames alone are all daylight.
     "last": the last `holdout` frames."""
     if not 0 < holdout < n_frames:
         raise ValueError(f"holdout must be between 1 and {n_frames - 1} frames, got {holdout}")

@@ -164,22 +164,28 @@ def main(argv=None) -> dict:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     if args.offset < 0:
         parser.error(f"--offset must be >= 0, got {args.offset}")
+    if args.seg_holdout is not None and args.seg_holdout < 1:
+        parser.error(f"--seg-holdout must be >= 1, got {args.seg_holdout}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir, data = REPO / args.model, (REPO / args.data).resolve()
 
-    pipe = load_pipeline(model_dir, backend=args.backend, steps=args.steps, size="auto")  # the defaults users get
-    info = pipe.model.info
-    size = pipe.inference_size  # None: native 640x480
     if args.seg_holdout is not None:
         args.split = "train"
         listed = read_names(data / "train.txt")
-        names = [listed[i] for i in holdout_frames(len(listed), args.seg_holdout, "spread")]
+        try:
+            names = [listed[i] for i in holdout_frames(len(listed), args.seg_holdout, "spread")]
+        except ValueError as err:
+            parser.error(f"--seg-holdout: {err}")
     else:
         names = read_names(data / f"{args.split}.txt")
     names = names[args.offset:][: args.frames]
+
+    pipe = load_pipeline(model_dir, backend=args.backend, steps=args.steps, size="auto")  # the defaults users get
+    info = pipe.model.info
+    size = pipe.inference_size  # None: native 640x480
 
     results, grid = evaluate(pipe, data, names, size)
     results = {"model": str(args.model), "info": info, "split": args.split, "offset": args.offset,
@@ -350,12 +356,13 @@ def lighting_section(lit: dict) -> list[str]:
     """'Day and night': the headline figures per lighting (MSRS names end in D or N)."""
     if not lit:
         return []
-    head = ["frames", *(f"{k} / IKR" for k in card.RATIO_METRICS), *(f"person contrast {k}" for k in LIGHTING_CONTRASTS),
-            "S person IoU", "precision", "recall", "outside %"]
+    head = ["frames", *(f"{k} / IKR" for k in card.RATIO_METRICS),
+            *(f"person contrast {k}" for k in LIGHTING_CONTRASTS), "S person IoU", "precision", "recall", "outside %"]
     rows = []
     for lighting, v in lit.items():
         seg, pc = v["segmentation"], v["person_contrast"]
-        cells = [str(v["frames"]), *(fmt(v["ratios"][k]) for k in card.RATIO_METRICS), *(signed(pc[k]) for k in LIGHTING_CONTRASTS),
+        cells = [str(v["frames"]), *(fmt(v["ratios"][k]) for k in card.RATIO_METRICS),
+                 *(signed(pc[k]) for k in LIGHTING_CONTRASTS),
                  fmt(seg["person_IoU"]), fmt(seg["person_precision"]), fmt(seg["person_recall"]),
                  f"{100 * seg['outside_object_fraction']:.1f}"]
         rows.append(f"| {lighting} | " + " | ".join(cells) + " |")

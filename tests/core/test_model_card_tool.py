@@ -88,3 +88,11 @@ def test_the_card_splits_its_headline_figures_by_day_and_night(tool, results):
     assert "- Day against night: S person IoU" in text
     assert tool.by_lighting(["00055D"], frames[:1]).keys() == {"day"}  # no night frame: no night row
     assert "## Day and night" not in tool.model_card(results, Path("grid.png"))  # older results: no section
+
+
+def test_a_bad_seg_holdout_is_refused_before_any_model_loads(tool, tmp_path, capsys):
+    (tmp_path / "train.txt").write_text("00008N\n00012N\n00081D\n")
+    for bad, why in (("0", "--seg-holdout must be >= 1, got 0"), ("3", "holdout must be between 1 and 2 frames, got 3")):
+        with pytest.raises(SystemExit):
+            tool.main(["--seg-holdout", bad, "--data", str(tmp_path), "--model", str(tmp_path / "no-model")])
+        assert why in capsys.readouterr().err
