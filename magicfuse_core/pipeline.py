@@ -234,9 +234,10 @@ class MagicFusePipeline:
                                     "z_T": (ae.config.latent_channels, lh, lw),
                                     "seg_T": (self.model.fusion.config.num_classes, lh, lw)})
         cond = ae.to_diffusion(self.encoder(x, noise["enc"]).float())
+        seg_T = self._frame_state(x) if self.model.fusion.config.seg_head == "frame" else noise["seg_T"]
         schedule = self.model.schedule.with_steps(int(steps or self.steps))
         classes = class_ids(thermal_classes) if thermal_classes is not None else self.model.thermal_classes
-        out = fused_sample(self.ikr_denoiser, self.ckg_denoiser, self.fusion_net, cond, noise["z_T"], noise["seg_T"],
+        out = fused_sample(self.ikr_denoiser, self.ckg_denoiser, self.fusion_net, cond, noise["z_T"], seg_T,
                            schedule, tau=self.model.tau if tau is None else float(tau), thermal_classes=classes,
                            radiation_map=self.model.radiation_map,
                            return_weights="weights" in wanted, time_budget_s=time_budget_s, clock=self._clock(),
@@ -262,6 +263,12 @@ class MagicFusePipeline:
             seg_labels=labels, seg_logits=logits, fusion_weight=fusion_weight, weights=step_weights,
             steps_run=out.steps_run, cut_short=out.cut_short,
         )
+
+    def _frame_state(self, x: torch.Tensor) -> torch.Tensor:
+        """seg_head "frame": S's state from the padded frame, once per frame. A small net (one pass, tens of
+        milliseconds on a CPU) that every backend runs as torch, in the precision the backend left it in."""
+        head = self.model.fusion.frame_seg
+        return head(x.to(next(head.parameters()).dtype)).float()
 
     def _decode(self, out, wanted, rh: int, rw: int, h: int, w: int) -> dict[str, torch.Tensor]:
         """The image kinds asked for -> {kind: (B, 3, h, w) in [0, 1]}: one batched pass of the plain decoder

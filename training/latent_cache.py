@@ -124,13 +124,14 @@ class LatentCache:
 
 
 def object_centred_window(mask: torch.Tensor, crop: tuple[int, int], size: tuple[int, int],
-                          g: torch.Generator) -> tuple[int, int] | None:
-    """(top, left) of a latent crop centred on a random labelled object pixel (id 1..8) of the image-size
-    `mask`, kept inside the (h, w) latent; None when the frame has no labelled object."""
-    objects = ((mask > 0) & (mask < 255)).nonzero()
+                          g: torch.Generator, scale: int = 4, ids: tuple[int, ...] | None = None) -> tuple[int, int] | None:
+    """(top, left) of a latent crop centred on a random labelled object pixel (id 1..8, or one of `ids`) of
+    the image-size `mask`, kept inside the (h, w) grid that is `scale` times smaller than the mask (the
+    latent: 4); None when the frame has no such pixel."""
+    objects = (torch.isin(mask, torch.tensor(ids, dtype=mask.dtype)) if ids else (mask > 0) & (mask < 255)).nonzero()
     if not len(objects):
         return None
-    y, x = (int(c) // 4 for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
+    y, x = (int(c) // scale for c in objects[int(torch.randint(len(objects), (1,), generator=g))])
     (ch, cw), (h, w) = crop, size
     return min(max(y - ch // 2, 0), h - ch), min(max(x - cw // 2, 0), w - cw)
 

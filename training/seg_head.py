@@ -191,15 +191,13 @@ VEHICLE_SHIFTS = (-6.0, -5.0, -4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5)
 
 
 @torch.no_grad()
-def calibrate_object_scores(net: FusionNet, rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tensor,
-                            schedule: DDIMSchedule, seed: int, max_outside: float, person_slack: float = 0.02,
-                            person_shifts=PERSON_SHIFTS, vehicle_shifts=VEHICLE_SHIFTS) -> tuple[dict, list[dict]]:
-    """Add to the head's output bias the (person, car and bike) score shifts that give the held-out frames the
-    highest person IoU with at most `max_outside` of the pixels outside every box labelled as an object
+def pick_object_shifts(bias: torch.Tensor, score, max_outside: float, person_slack: float = 0.02,
+                       person_shifts=PERSON_SHIFTS, vehicle_shifts=VEHICLE_SHIFTS) -> tuple[dict, list[dict]]:
+    """Add to a head's output `bias` (K,) the (person, car and bike) score shifts that give the held-out frames
+    the highest person IoU with at most `max_outside` of the pixels outside every box labelled as an object
     (the fewest such pixels when no shift keeps under it); among the shifts within `person_slack` of that
-    IoU, the one with the highest car IoU. In the bias, the shift reaches the radiation
-    map at every step as well as the published map. Returns (picked, every shift pair's scores)."""
-    bias = net.stream_seg.out.bias
+    IoU, the one with the highest car IoU. `score()` scores the held-out frames with the bias as it is (a
+    `segmentation_scores` dict). Returns (picked, every shift pair's scores); `bias` keeps the picked shifts."""
     base = bias.clone()
     tried = []
     for person in person_shifts:
@@ -207,8 +205,7 @@ def calibrate_object_scores(net: FusionNet, rollouts: RolloutCache, masks: torch
             bias.copy_(base)
             bias[PERSON_ID] += person
             bias[[CAR_ID, BIKE_ID]] += vehicle
-            tried.append({"person_shift": person, "vehicle_shift": vehicle,
-                          **holdout_scores(net, rollouts, masks, samples, schedule, seed)})
+            tried.append({"person_shift": person, "vehicle_shift": vehicle, **score()})
     feasible = [r for r in tried if r["outside_object_fraction"] <= max_outside and r["person_IoU"] == r["person_IoU"]]
     if feasible:  # near the best person IoU, the shift that keeps the most cars: a map without cars helps no one
         top = max(r["person_IoU"] for r in feasible)
@@ -220,6 +217,14 @@ def calibrate_object_scores(net: FusionNet, rollouts: RolloutCache, masks: torch
     bias[PERSON_ID] += picked["person_shift"]
     bias[[CAR_ID, BIKE_ID]] += picked["vehicle_shift"]
     return picked, tried
+
+
+def calibrate_object_scores(net: FusionNet, rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tensor,
+                            schedule: DDIMSchedule, seed: int, max_outside: float, **shifts) -> tuple[dict, list[dict]]:
+    """`pick_object_shifts` for the stream head, scored on its held-out rollouts. In the bias, the shift reaches
+    the radiation map at every step as well as the published map."""
+    return pick_object_shifts(net.stream_seg.out.bias, lambda: holdout_scores(net, rollouts, masks, samples, schedule, seed),
+                              max_outside, **shifts)
 
 
 def main(argv=None) -> dict:
@@ -247,6 +252,7 @@ def main(argv=None) -> dict:
     # ---- F from init_fusion, with a new stream head --------------------------------------------
     trained = load_trained_module(repo_path(p["init_fusion"]))
     spec = {"config": {**trained.config.to_dict(), "seg_head": "streams", "seg_channels": int(p["seg_channels"])}}
+    torch.manual_seed(seed)  # the new head's initial weights: a run is reproducible from its config
     net = build_fusion(spec)
     kept = {k: v for k, v in trained.state_dict().items() if not k.startswith("segproj.")}
     load_state_dict_strict(net, {**net.state_dict(), **kept}, f"seg_head.init_fusion {p['init_fusion']}")

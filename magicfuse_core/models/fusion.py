@@ -3,8 +3,9 @@
 At every DDIM step F sees the two streams' clean-latent estimates, the fused
 stream's current sample and both predicted noises, and returns a per-pixel
 weight w that mixes the noises. S folds F's attention features (or, with
-seg_head "streams", reads the two streams' clean estimates) into a 9-class
-segmentation state s that is carried from step to step; where s says "thermal
+seg_head "streams", reads the two streams' clean estimates; with seg_head "frame", reads the
+degraded frame once before the first step) into a 9-class segmentation state s that is
+carried from step to step; where s says "thermal
 class" (radiation_mask), w is capped at tau so the generated-infrared stream
 dominates there (weight correction w_r).
 """
@@ -34,9 +35,10 @@ class FusionConfig:
     attention_pool: int = 1
     # What S reads (SEG_HEADS): "fold", the paper's, folds F's features into the state; "streams" reads the
     # two streams' clean-latent estimates through its own small network (StreamSegHead), so S sees the
-    # generated infrared directly and never shares weights with the fusion weight w.
+    # generated infrared directly and never shares weights with the fusion weight w; "frame" reads the degraded
+    # frame's pixels once per frame (FrameSegHead) and the state then stays fixed over the steps.
     seg_head: str = "fold"
-    seg_channels: int = 32     # StreamSegHead's width (unused by "fold")
+    seg_channels: int = 32     # StreamSegHead's / FrameSegHead's width (unused by "fold")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +58,7 @@ class FusionConfig:
         return cfg
 
 
-SEG_HEADS = ("fold", "streams")
+SEG_HEADS = ("fold", "streams", "frame")
 
 PROFILES: dict[str, FusionConfig] = {
     "paper": FusionConfig(),
@@ -201,6 +203,56 @@ class StreamSegHead(nn.Module):
         return self.out(F.silu(self.merge(torch.cat([h, x], dim=1))))
 
 
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class FrameSegHead(nn.Module):
+    """S read from the degraded frame (seg_head "frame"): (B, 3, H, W) in [0, 1] -> (B, K, H/4, W/4) logits.
+
+    Why pixels and not the streams: on MSRS the streams' clean estimates carry almost no evidence of people
+    at night (the CKG stream's person contrast is +4.7 grey levels there against the real infrared's +41;
+    docs/TRAINING.md), and the latent-level heads plateaued at person IoU 0.11 on val. A small U-Net on the
+    frame at half resolution sees every pixel the camera saw, costs one pass per frame instead of one per
+    step, and trains on frames in minutes (training/frame_seg.py). Its output lands on the latent grid
+    (1/4 of the frame), where the radiation map gates the fusion weight.
+    H and W must be multiples of 32 (the pipeline pads to that).
+    """
+
+    # The frame's mean and spread over MSRS training frames after the degradations, roughly: a fixed
+    # normalisation (no per-frame statistics), so exposure differences stay visible to the net.
+    MEAN, STD = 0.3, 0.25
+
+    def __init__(self, num_classes: int, channels: int):
+        super().__init__()
+        c = channels
+        self.enc1 = nn.Sequential(_conv_bn_relu(3, c, 2), _conv_bn_relu(c, c))
+        self.enc2 = nn.Sequential(_conv_bn_relu(c, 2 * c, 2), _conv_bn_relu(2 * c, 2 * c))
+        self.enc3 = nn.Sequential(_conv_bn_relu(2 * c, 4 * c, 2), _conv_bn_relu(4 * c, 4 * c))
+        # context at 1/32 of the frame: dilations reach about 300 frame pixels, a whole car up close
+        self.context = nn.Sequential(_conv_bn_relu(4 * c, 4 * c, 2), _conv_bn_relu(4 * c, 4 * c, dilation=2),
+                                     _conv_bn_relu(4 * c, 4 * c, dilation=4), _conv_bn_relu(4 * c, 4 * c, dilation=8))
+        self.dec3 = _conv_bn_relu(8 * c, 4 * c)
+        self.dec2 = _conv_bn_relu(6 * c, 2 * c)
+        self.dec1 = _conv_bn_relu(3 * c, c)
+        self.out = nn.Conv2d(c, num_classes, 1)
+
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        return self.segment_half(F.avg_pool2d(frame, 2))
+
+    def segment_half(self, half: torch.Tensor) -> torch.Tensor:
+        """The frame already at half resolution (what training stores) -> logits at half of that."""
+        x = (half - self.MEAN) / self.STD
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        h = self.context(e3)
+        for dec, skip in ((self.dec3, e3), (self.dec2, e2), (self.dec1, e1)):
+            h = dec(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+        return self.out(h)
+
+
 class FusionNet(nn.Module):
     """(x24, eps_ikr, eps_ckg, t, seg_state) -> (w, seg_state_next).
 
@@ -222,12 +274,22 @@ class FusionNet(nn.Module):
         self.estimate = nn.Sequential(nn.Conv2d(3 * lc, c, 3, padding=1), nn.Conv2d(c, lc, 3, padding=1))
         if cfg.seg_head == "streams":
             self.stream_seg = StreamSegHead(lc, k, int(cfg.seg_channels), temb_dim)
+        elif cfg.seg_head == "frame":
+            self.frame_seg = FrameSegHead(k, int(cfg.seg_channels))
         else:
             self.segproj = nn.ModuleList([nn.Conv2d(c + k, k, 3, padding=1) for _ in range(2 * cfg.num_blocks)])
 
     def seg_head(self) -> nn.Module:
-        """The segmentation head S's own layers (the fold's projections or the stream head)."""
-        return self.stream_seg if self.config.seg_head == "streams" else self.segproj
+        """The segmentation head S's own layers (the fold's projections, the stream head or the frame head)."""
+        if self.config.seg_head == "streams":
+            return self.stream_seg
+        return self.frame_seg if self.config.seg_head == "frame" else self.segproj
+
+    def frame_state(self, frame: torch.Tensor) -> torch.Tensor:
+        """seg_head "frame": the segmentation state of a (B, 3, H, W) frame in [0, 1], for every step."""
+        if self.config.seg_head != "frame":
+            raise ValueError(f"frame_state needs seg_head 'frame', this S is {self.config.seg_head!r}")
+        return self.frame_seg(frame)
 
     def time_embedding(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.time_embed(ddpm_timestep_embedding(t, self.config.channels).to(dtype))
@@ -243,7 +305,9 @@ class FusionNet(nn.Module):
             h, features = block(h, temb, eps_ikr, eps_ckg)
             for feature in features if fold is not None else ():
                 s = next(fold)(torch.cat([feature, s], dim=1))
-        if fold is None:  # the stream head reads the two clean estimates, not F's features
+        if self.config.seg_head == "frame":  # the state came from the frame before the first step
+            s = seg_state
+        elif fold is None:  # the stream head reads the two clean estimates, not F's features
             lc = self.config.latent_channels
             s = self.stream_seg(x24[:, :lc], x24[:, lc:2 * lc], seg_state, temb)
         w = self.estimate(torch.cat([self.normout(h), eps_ikr, eps_ckg], dim=1))

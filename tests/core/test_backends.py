@@ -147,6 +147,24 @@ def test_onnxruntime_sampling_matches_torch(reference, onnx_cache, io_binding):
     assert_same_result(pipe(FRAME, seed=5), reference)
 
 
+def test_frame_segmentation_head_runs_on_onnx_runtime_as_on_torch(tmp_path, monkeypatch):
+    # seg_head "frame": the frame head runs as torch before the loop on every backend and the exported F hands
+    # its state through; labels and MagImg of ONNX Runtime match the plain torch path.
+    from magicfuse_core.models.fusion import FusionConfig, FusionNet
+
+    monkeypatch.setenv("MAGICFUSE_CACHE", str(tmp_path))
+    model = MagicFusePipeline.random("tiny", seed=3).model
+    torch.manual_seed(6)
+    model.fusion = FusionNet(FusionConfig.from_dict({**model.fusion.config.to_dict(), "seg_head": "frame",
+                                                     "seg_channels": 8})).eval()
+    reference = MagicFusePipeline(model, steps=STEPS)(FRAME, seed=5)
+    pipe = MagicFusePipeline(model, steps=STEPS).use_backend("onnxruntime", threads=1)
+    assert isinstance(pipe.fusion_net, OrtNet)
+    assert_same_result(pipe(FRAME, seed=5), reference)
+    # the map comes from the frame alone: another sampling seed leaves it as it was
+    assert np.array_equal(MagicFusePipeline(model, steps=STEPS)(FRAME, seed=9).seg_labels, reference.seg_labels)
+
+
 def test_onnx_export_is_reused_for_the_same_weights_only(onnx_cache):
     pipe = _pipe().use_backend("onnxruntime", threads=1)
     assert any("reusing" in n for n in pipe.backend_info.notes)

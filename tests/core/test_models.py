@@ -165,6 +165,32 @@ def test_stream_segmentation_head_reads_only_the_streams_and_leaves_the_weight_a
     assert FusionConfig.from_dict({}).seg_head == "fold"  # model.json files without the field: the paper's S
 
 
+def test_frame_segmentation_head_reads_the_frame_once_and_keeps_the_state_over_the_steps():
+    # seg_head "frame": S maps the (padded) frame to logits on the latent grid; inside the step loop the net
+    # hands the state on unchanged, and F's weight w is the fold net's with the same trunk.
+    from magicfuse_core.models.fusion import FusionConfig, FusionNet
+
+    torch.manual_seed(0)
+    fold = FusionNet(FusionConfig(channels=16, num_blocks=1, groups=8)).eval()
+    frame_net = FusionNet(FusionConfig.from_dict({**fold.config.to_dict(), "seg_head": "frame", "seg_channels": 8})).eval()
+    assert not hasattr(frame_net, "segproj") and frame_net.seg_head() is frame_net.frame_seg
+    frame_net.load_state_dict({**frame_net.state_dict(),
+                               **{k: v for k, v in fold.state_dict().items() if not k.startswith("segproj.")}})
+    frame = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        s0 = frame_net.frame_state(frame)
+        x24, eps_i, eps_c = torch.randn(2, 24, 16, 24), torch.randn(2, 8, 16, 24), torch.randn(2, 8, 16, 24)
+        w_fold, _ = fold(x24, eps_i, eps_c, torch.tensor([800.0, 0.0]), s0)
+        w, s = frame_net(x24, eps_i, eps_c, torch.tensor([800.0, 0.0]), s0)
+        brighter = frame_net.frame_state((frame * 2).clamp(0, 1))
+    assert s0.shape == (2, 9, 16, 24)  # the latent grid: a quarter of the frame
+    torch.testing.assert_close(w, w_fold)
+    assert torch.equal(s, s0)  # the same map gates every step
+    assert not torch.allclose(brighter, s0)  # it reads the pixels
+    with pytest.raises(ValueError, match="seg_head 'frame'"):
+        fold.frame_state(frame)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sample_prediction_denoiser_hands_the_sampler_the_epsilon_of_its_z0(dtype):
     # The UNet returns what it predicts; EpsilonDenoiser turns a z0 prediction into the noise whose

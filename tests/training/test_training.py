@@ -734,3 +734,103 @@ def test_seg_head_needs_the_fusion_net_it_goes_with_and_a_holdout(workdir, tmp_p
     (workdir / "latents.rollouts.pt").write_bytes(b"not a cache")  # a truncated file gets a clear error
     with pytest.raises(ValueError, match="delete it to rebuild"):
         seg_head.RolloutCache.load(workdir / "latents.rollouts.pt")
+
+
+# ---------------------------------------------------------------------------- the frame segmentation head
+
+def frame_seg_config(workdir, model_dir, run, **changes):
+    return write_config(workdir, workdir / run, **{
+        "data.silhouette_classes": ["person"],
+        "frame_seg": {"init_fusion": str(model_dir / "fusion.safetensors"), "seg_channels": 8, "variants": 2,
+                      "holdout": 1, "batch_size": 2, "crop": [16, 16], "max_steps": 4, "eval_every": 2,
+                      "log_every": 2, "max_outside": 1.0}, **changes})
+
+
+def test_frame_seg_trains_resumes_calibrates_once_and_exports_a_model_that_samples(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from magicfuse_core.pipeline import MagicFusePipeline
+    from training import frame_seg
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    start = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}})
+    save_component(start, tmp_path / "model", "fusion", dtype=torch.float32)
+    shipped = {}
+    for name in ("ikr", "ckg"):
+        save_component(build_unet({"profile": "tiny", "config": {"model_channels": 16, "groups": 8}}), tmp_path / "model", name)
+        shipped[f"phase2.{name}_checkpoint"] = str(tmp_path / "model" / f"{name}.safetensors")
+    cfg = frame_seg_config(tmp_path, tmp_path / "model", "run", **shipped)
+    summary = frame_seg.main(["--config", str(cfg), "--no-progress"])
+    assert [h["step"] for h in summary["history"]] == [2, 4] and summary["step"] == 4
+    assert summary["holdout"]["person_IoU"] >= max(r["person_IoU"] for r in summary["calibration"]) - 0.02
+    cache = frame_seg.FrameCache.load(tmp_path / "run" / "frames.pt")
+    assert cache.frames.shape == (3, 2, 3, 24, 24) and cache.frames.dtype == torch.uint8  # half resolution
+    assert not torch.equal(cache.frames[:, 0], cache.frames[:, 1])  # two different degradations per frame
+    trained = load_trained_module(tmp_path / "run/fusion/last.pt")
+    assert trained.config.seg_head == "frame"
+    for k, v in start.state_dict().items():  # F's trunk and weight head: exactly the ones it started from
+        if not k.startswith("segproj."):
+            assert torch.equal(trained.state_dict()[k], v), k
+    calibrated = trained.frame_seg.out.bias.clone()
+
+    # started again unchanged: nothing trains and the shift is not applied twice
+    again = frame_seg.main(["--config", str(cfg), "--no-progress"])
+    assert again["step"] == 4 and "calibration" not in again
+    assert torch.equal(load_trained_module(tmp_path / "run/fusion/last.pt").frame_seg.out.bias, calibrated)
+
+    # a finished run is not trained on by a longer max_steps: its schedule ended and its scores are shifted
+    raw = yaml.safe_load(Path(cfg).read_text())
+    raw["frame_seg"]["max_steps"] = 6
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="finished, calibrated run of 4 steps"):
+        frame_seg.main(["--config", str(cfg), "--no-progress"])
+    raw["frame_seg"]["max_steps"] = 4
+    Path(cfg).write_text(yaml.safe_dump(raw))
+
+    # interrupted after the step-2 checkpoint and started again: the same weights as the run that went through
+    # (every step's batch is seeded by its step, the optimizer and schedule are restored)
+    longer = frame_seg_config(tmp_path, tmp_path / "model", "cut", **shipped)
+    raw = yaml.safe_load(Path(longer).read_text())
+    raw["frame_seg"]["frame_cache"] = str(tmp_path / "run" / "frames.pt")
+    Path(longer).write_text(yaml.safe_dump(raw))
+    real_save = frame_seg.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(frame_seg, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            frame_seg.main(["--config", str(longer), "--no-progress"])
+    resumed = frame_seg.main(["--config", str(longer), "--no-progress"])
+    assert resumed["step"] == 4 and [h["step"] for h in resumed["history"]] == [2, 4]
+    cut = load_trained_module(tmp_path / "cut/fusion/last.pt").state_dict()
+    for k, v in load_trained_module(tmp_path / "run/fusion/last.pt").state_dict().items():
+        torch.testing.assert_close(cut[k], v, msg=k)
+
+    out = export_model.main(["--config", str(cfg), "--out", str(tmp_path / "exported")])
+    model = load_model(out)
+    assert model.fusion.config.seg_head == "frame"
+    frame = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    result = MagicFusePipeline(model)([frame], outputs=("magimg", "seg"))
+    assert result.seg_labels[0].shape == (48, 48)
+
+
+def test_frame_seg_refuses_a_missing_fusion_net_a_holdout_without_training_frames_and_a_bad_cache(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from training import frame_seg
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "two", n=2))
+    with pytest.raises(ValueError, match="init_fusion"):
+        frame_seg.main(["--config", str(write_config(tmp_path, tmp_path / "run")), "--no-progress"])
+    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m", "fusion")
+    cfg = frame_seg_config(tmp_path, tmp_path / "m", "run")
+    raw = yaml.safe_load(Path(cfg).read_text())
+    raw["frame_seg"]["holdout"] = 2  # the test data has 2 frames: nothing left to train on
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="holdout"):
+        frame_seg.main(["--config", str(cfg), "--no-progress"])
+    assert not (tmp_path / "run" / "frames.pt").exists()  # refused before the cache was built
+    (tmp_path / "bad.pt").write_bytes(b"not a cache")
+    with pytest.raises(ValueError, match="delete it to rebuild"):
+        frame_seg.FrameCache.load(tmp_path / "bad.pt")

@@ -1,0 +1,317 @@
+"""Train the frame segmentation head S (fusion seg_head: frame) on degraded training frames.
+
+    python -m training.frame_seg --config training/configs/cpu_demo.yaml --set run_dir=runs/frame_seg \\
+        frame_seg.init_fusion=models/demo/fusion.safetensors
+
+S with `seg_head: frame` reads the degraded visible frame once, before the first DDIM step, and its
+logits are the segmentation state of every step (the radiation map and the published map). It needs
+no denoiser and no decoder: each training frame is degraded `variants` times (seeded like the
+phase-1/2 data: variant v is the dataset's epoch v), reduced to the head's half resolution and kept in
+a frame cache; S then trains as a plain segmentation net on random crops of it, with flips and an
+exposure jitter (cameras differ in gain). F's trunk and weight head are copied from `init_fusion`
+and stay frozen, so MagImg changes only where the radiation map sends pixels to the CKG stream.
+
+As in training/seg_head.py, `holdout` training frames never train S (`holdout_frames`, spread over
+day and night by default); they score the checkpoints and calibrate the object classes' scores
+(`pick_object_shifts`: the highest person IoU with at most `max_outside` of the outside-box pixels
+called objects). The run resumes from RUN_DIR/fusion/last.pt; `training.export_model` exports it.
+Validation frames are never read.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from magicfuse_core.checkpoint import load_state_dict_strict
+from magicfuse_core.data import holdout_frames
+from magicfuse_core.evaluation.targets import PERSON_ID, segmentation_scores
+from magicfuse_core.losses import segmentation_loss
+from magicfuse_core.models.fusion import FusionNet, class_labels, upsample_logits
+from magicfuse_core.palette import IGNORE_INDEX
+from training.builders import build_fusion
+from training.checkpoints import load_checkpoint, load_trained_module, save_checkpoint
+from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
+from training.data import make_dataset
+from training.distributed import setup_distributed
+from training.latent_cache import object_centred_window
+from training.phase2 import seg_class_weights
+from training.rng import step_generator
+from training.run_log import RunLogger, Throughput
+from training.seg_head import mask_counts, pick_object_shifts
+
+FRAME_SEG_DEFAULTS = {
+    "init_fusion": None,          # required: the trained F whose trunk and weight head are kept
+    "seg_channels": 24,           # FrameSegHead's width: 0.74 M parameters at 24
+    "variants": 8,                # seeded degradations per training frame in the frame cache
+    "frame_cache": None,          # default: RUN_DIR/frames.pt
+    "holdout": 30,                # training frames that only score and calibrate (holdout_frames)
+    "holdout_spacing": "spread",  # day and night: MSRS lists its night frames in blocks
+    "max_outside": 0.05,          # calibration: at most this share of outside-box pixels labelled as objects
+    "crop": [128, 192],           # at the head's half resolution (256x384 frame pixels)
+    "person_crop_prob": 0.5,      # crops centred on a person pixel: people are 0.7 % of MSRS's pixels
+    "exposure_jitter": [0.7, 1.4],
+    "lr": 2.0e-3,
+    "weight_decay": 1.0e-4,
+    "class_weights": [1, 2, 4, 3, 1, 1, 1, 1, 1],  # unlabelled, car, person, bike, ...; calibration moves it back
+    "person_dice": 1.0,           # weight of a soft-IoU (Dice) loss on the person class, the measured target
+    "batch_size": 12,
+    "max_steps": 4000,
+    "time_budget_min": 0,
+    "log_every": 100,
+    "eval_every": 500,
+}
+
+
+class FrameCache:
+    """Degraded training frames at the head's half resolution and their full-resolution weak masks.
+
+    frames: (N, V, 3, H/2, W/2) uint8, V degradations per frame; masks: (N, H, W) uint8 MFNet ids
+    (IR-silhouette people, filled car/bike boxes, 0 outside every box, ignore on a person box's colder rest).
+    """
+
+    def __init__(self, frames: torch.Tensor, masks: torch.Tensor, meta: dict):
+        self.frames, self.masks, self.meta = frames, masks, meta
+
+    @classmethod
+    def build(cls, dataset, variants: int, log=print, progress: bool = True) -> "FrameCache":
+        frames, masks = [], []
+        bar = tqdm(total=len(dataset) * variants, desc="frame cache", dynamic_ncols=True, disable=not progress)
+        for i in range(len(dataset)):
+            per_frame = []
+            for v in range(variants):
+                dataset.epoch = v  # variant v is what the dataset's epoch v draws for this frame
+                sample = dataset[i]
+                half = F.avg_pool2d(sample["degraded"][None], 2)[0]  # what FrameSegHead.forward pools to
+                per_frame.append((half * 255).round().clamp(0, 255).to(torch.uint8))
+                bar.update(1)
+            frames.append(torch.stack(per_frame))
+            masks.append(sample["mask"].to(torch.uint8))
+        bar.close()
+        log(f"frame cache: {len(frames)} frames x {variants} degradations")
+        return cls(torch.stack(frames), torch.stack(masks), {"names": list(dataset.names), "variants": variants,
+                                                             "seed": dataset.seed})
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"frames": self.frames, "masks": self.masks, "meta": self.meta}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "FrameCache":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            return cls(state["frames"], state["masks"], state["meta"])
+        except Exception as exc:  # a truncated or foreign file: say which, and how to get a good one
+            raise ValueError(f"cannot read the frame cache {path} ({exc}): delete it to rebuild it") from exc
+
+
+def half_res_logits(net: FusionNet, half: torch.Tensor) -> torch.Tensor:
+    """FrameSegHead on frames already at its half resolution, uint8 or float in [0, 1]: the head's own
+    forward without its pooling (the cache stores the pooled frames)."""
+    head = net.frame_seg
+    x = half.float() / 255 if half.dtype == torch.uint8 else half
+    return head.segment_half(x)
+
+
+def crop_batch(cache: FrameCache, samples: list[int], batch_size: int, crop: tuple[int, int],
+               jitter: tuple[float, float], person_prob: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops (+ flips, exposure jitter) of random degradations of random frames among `samples`,
+    centred on a person with probability `person_prob`: ((B, 3, ch, cw) float in [0, 1] at half
+    resolution, (B, ch, cw) class ids at half resolution)."""
+    _, variants, _, h, w = cache.frames.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    x, target = [], []
+    for _ in range(batch_size):
+        i = samples[int(torch.randint(len(samples), (1,), generator=g))]
+        v = int(torch.randint(variants, (1,), generator=g))
+        top, left = int(torch.randint(h - ch + 1, (1,), generator=g)), int(torch.randint(w - cw + 1, (1,), generator=g))
+        if float(torch.rand(1, generator=g)) < person_prob:
+            window = object_centred_window(cache.masks[i], (ch, cw), (h, w), g, scale=2, ids=(PERSON_ID,))
+            if window is not None:
+                top, left = window
+        frame = cache.frames[i, v, :, top:top + ch, left:left + cw].float() / 255
+        # nearest reduction of the full-resolution mask onto the half-resolution grid
+        mask = cache.masks[i, 2 * top:2 * (top + ch):2, 2 * left:2 * (left + cw):2].long()
+        gain = jitter[0] + (jitter[1] - jitter[0]) * float(torch.rand(1, generator=g))
+        frame = (frame * gain).clamp(0, 1)
+        if float(torch.rand(1, generator=g)) < 0.5:
+            frame, mask = frame.flip(-1), mask.flip(-1)
+        x.append(frame)
+        target.append(mask)
+    return torch.stack(x), torch.stack(target)
+
+
+def person_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of the person class over the batch's labelled pixels: a differentiable stand-in for the
+    person IoU that the targets measure (cross-entropy alone lets the few person pixels drown)."""
+    prob = torch.softmax(logits, dim=1)[:, PERSON_ID]
+    labelled = (target != IGNORE_INDEX).float()
+    person = (target == PERSON_ID).float()
+    inter = (prob * person * labelled).sum()
+    return 1 - (2 * inter + 1) / ((prob * labelled).sum() + person.sum() + 1)
+
+
+@torch.no_grad()
+def holdout_scores(net: FusionNet, cache: FrameCache, frames: list[int]) -> dict[str, float]:
+    """Whole held-out frames (their first degradation) scored at full resolution as the model card does."""
+    total: dict[str, int] = {}
+    for i in frames:
+        logits = half_res_logits(net, cache.frames[i, 0][None])
+        labels = class_labels(upsample_logits(logits))[0]
+        for k, v in mask_counts(labels, cache.masks[i].long()).items():
+            total[k] = total.get(k, 0) + v
+    return segmentation_scores(total)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/fusion/last.pt and start again")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    run, data = with_defaults(cfg, RUN_DEFAULTS), with_defaults(cfg["data"], DATA_DEFAULTS)
+    p = with_defaults(cfg.get("frame_seg") or {}, FRAME_SEG_DEFAULTS)
+    if not p["init_fusion"]:
+        raise ValueError("frame_seg.init_fusion: name the trained F (a phase-2 last.pt or a fusion.safetensors) "
+                         "whose weight head the new S goes with")
+    seed = int(run["seed"])
+    if run["threads"]:
+        torch.set_num_threads(int(run["threads"]))
+    ctx = setup_distributed("cpu")  # a small net: one CPU process
+    run_root = repo_path(cfg["run_dir"])
+    run_dir = run_root / "fusion"
+    log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
+
+    # ---- F from init_fusion, with a new frame head ---------------------------------------------
+    trained = load_trained_module(repo_path(p["init_fusion"]))
+    spec = {"config": {**trained.config.to_dict(), "seg_head": "frame", "seg_channels": int(p["seg_channels"])}}
+    torch.manual_seed(seed)  # the new head's initial weights: a run is reproducible from its config
+    net = build_fusion(spec)
+    kept = {k: v for k, v in trained.state_dict().items() if not k.startswith(("segproj.", "stream_seg.", "frame_seg."))}
+    load_state_dict_strict(net, {**net.state_dict(), **kept}, f"frame_seg.init_fusion {p['init_fusion']}")
+    net.requires_grad_(False)
+    net.frame_seg.requires_grad_(True)
+    log.info(f"S (frame) on {p['init_fusion']}: {sum(q.numel() for q in net.frame_seg.parameters()) / 1e3:.0f} k "
+             f"trainable parameters, F's {sum(q.numel() for q in kept.values()) / 1e3:.0f} k frozen")
+
+    # ---- frames ----------------------------------------------------------------------------------
+    dataset = make_dataset(data, seed, augment=False)
+    n_frames = len(dataset)
+    held_out = holdout_frames(n_frames, int(p["holdout"]), p["holdout_spacing"])  # checked before the cache is built
+    path = repo_path(p["frame_cache"]) if p["frame_cache"] else run_root / "frames.pt"
+    want = {"names": list(dataset.names), "variants": int(p["variants"]), "seed": seed}
+    cache = FrameCache.load(path) if path.is_file() else None
+    if cache is None or cache.meta != want:
+        log.info(f"building frame cache {path}")
+        cache = FrameCache.build(dataset, int(p["variants"]), log.info, progress=not args.no_progress)
+        cache.save(path)
+    train_frames = sorted(set(range(n_frames)) - set(held_out))
+    log.info(f"{len(train_frames)} training frames x {cache.meta['variants']} degradations; {len(held_out)} held-out "
+             f"frames ({p['holdout_spacing']}) score and calibrate")
+
+    # ---- train -----------------------------------------------------------------------------------
+    weights = seg_class_weights(p["class_weights"])
+    optimizer = torch.optim.AdamW(net.frame_seg.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+    max_steps = int(p["max_steps"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_steps)
+    step, wall_before, history = 0, 0.0, []
+    if not args.fresh and (run_dir / "last.pt").is_file():
+        state = load_checkpoint(run_dir / "last.pt", ctx=ctx, seed=seed, model=net, optimizer=optimizer,
+                                scheduler=scheduler)
+        if state["extra"].get("stage") != "frame_seg":
+            raise ValueError(f"{run_dir / 'last.pt'} is not a frame_seg run (stage {state['extra'].get('stage')!r}); "
+                             "use another run_dir or --fresh")
+        step, wall_before = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
+        if state["extra"].get("calibrated") and step < max_steps:
+            # its learning-rate schedule has ended and its scores are shifted: training on would mix both up
+            raise ValueError(f"{run_dir / 'last.pt'} is a finished, calibrated run of {step} steps; to train "
+                             f"{max_steps} steps use another run_dir or --fresh")
+        history = list(state["extra"].get("history", []))
+        log.info(f"resumed from {run_dir / 'last.pt'} at step {step}")
+    budget_s = float(p["time_budget_min"] or 0) * 60
+    crop, jitter = tuple(int(c) for c in p["crop"]), tuple(float(j) for j in p["exposure_jitter"])
+    meter, losses, rates = Throughput(), [], {"steps_per_s": float("nan")}
+    t_start = time.time()
+    extra = {"component": "fusion", "stage": "frame_seg", "init_fusion": str(p["init_fusion"])}
+    net.train()
+    bar = tqdm(total=max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, desc="S (frame)")
+    while step < max_steps:
+        step += 1
+        x, target = crop_batch(cache, train_frames, int(p["batch_size"]), crop, jitter, float(p["person_crop_prob"]),
+                               step_generator(seed, step, 0))
+        logits = half_res_logits(net, x)
+        loss = segmentation_loss(logits, target, class_weights=weights)
+        if float(p["person_dice"]):
+            up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            loss = loss + float(p["person_dice"]) * person_dice_loss(up, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        meter.add(x.shape[0])
+        bar.update(1)
+        out_of_time = budget_s and time.time() - t_start > budget_s
+        if step % int(p["log_every"]) == 0:
+            window = losses[-int(p["log_every"]):]
+            rates = meter.rates()
+            log.scalars(step, {"loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0], **rates})
+            bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+            if args.no_progress:  # no bar: the log says how far it is and how fast it goes
+                log.info(f"step {step}/{max_steps}: loss {sum(window) / len(window):.4f}, "
+                         f"{rates['steps_per_s']:.2f} it/s")
+        if step % int(p["eval_every"]) == 0 or step == max_steps or out_of_time:
+            net.eval()
+            scores = holdout_scores(net, cache, held_out)
+            net.train()
+            history.append({"step": step, **scores})
+            log.info(f"step {step}: held-out person IoU {scores['person_IoU']:.3f} (P {scores['person_precision']:.3f} "
+                     f"R {scores['person_recall']:.3f}), car IoU {scores['car_IoU']:.3f}, outside-box objects "
+                     f"{100 * scores['outside_object_fraction']:.1f} % (uncalibrated), loss "
+                     f"{sum(losses[-50:]) / len(losses[-50:]):.4f}, {rates['steps_per_s']:.2f} it/s")
+            save_checkpoint(run_dir / "last.pt", ctx=ctx, step=step, model=net, optimizer=optimizer, scheduler=scheduler,
+                            config=cfg, extra={**extra, "wall_s": wall_before + time.time() - t_start,
+                                               "history": history, "calibrated": False})
+        if out_of_time:
+            log.info(f"time budget of {budget_s / 60:.1f} min reached at step {step}")
+            break
+    bar.close()
+    net.eval()
+    if state_calibrated(run_dir):
+        log.info("the checkpoint is already calibrated: nothing to do")
+        log.close()
+        return {"step": step, "history": history}
+    picked, tried = pick_object_shifts(net.frame_seg.out.bias, lambda: holdout_scores(net, cache, held_out),
+                                       float(p["max_outside"]))
+    log.info(f"object scores shifted by {picked['person_shift']:+g} (person), {picked['vehicle_shift']:+g} (car, bike): "
+             f"held-out person IoU {picked['person_IoU']:.3f} (P {picked['person_precision']:.3f} "
+             f"R {picked['person_recall']:.3f}), car IoU {picked['car_IoU']:.3f}, outside-box objects "
+             f"{100 * picked['outside_object_fraction']:.1f} % (at most {100 * float(p['max_outside']):g} % asked)")
+    wall = wall_before + time.time() - t_start
+    save_checkpoint(run_dir / "last.pt", ctx=ctx, step=step, model=net, optimizer=optimizer, scheduler=scheduler,
+                    config=cfg, extra={**extra, "wall_s": wall, "history": history, "calibrated": True,
+                                       "holdout": picked, "calibration": tried})
+    log.info(f"done: step {step}, {wall / 60:.1f} min, written to {run_dir / 'last.pt'}")
+    log.close()
+    return {"step": step, "history": history, "holdout": picked, "calibration": tried, "wall_s": wall}
+
+
+def state_calibrated(run_dir: Path) -> bool:
+    """True when RUN_DIR/fusion/last.pt already holds a calibrated head (a finished run started again):
+    shifting its scores a second time would move them twice."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return False
+    return bool(torch.load(path, map_location="cpu", weights_only=False)["extra"].get("calibrated"))
+
+
+if __name__ == "__main__":
+    main()
