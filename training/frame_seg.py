@@ -38,7 +38,7 @@ from training.checkpoints import load_checkpoint, load_trained_module, save_chec
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.data import make_dataset
 from training.distributed import setup_distributed
-from training.latent_cache import object_centred_window
+from training.latent_cache import load_cache_file, object_centred_window, save_cache_file
 from training.phase2 import seg_class_weights
 from training.rng import step_generator
 from training.run_log import RunLogger, Throughput
@@ -97,18 +97,11 @@ class FrameCache:
                                                              "seed": dataset.seed})
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"frames": self.frames, "masks": self.masks, "meta": self.meta}, tmp)
-        tmp.replace(path)
+        save_cache_file(path, {"frames": self.frames, "masks": self.masks, "meta": self.meta})
 
     @classmethod
     def load(cls, path: Path) -> "FrameCache":
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            return cls(state["frames"], state["masks"], state["meta"])
-        except Exception as exc:  # a truncated or foreign file: say which, and how to get a good one
-            raise ValueError(f"cannot read the frame cache {path} ({exc}): delete it to rebuild it") from exc
+        return cls(*load_cache_file(path, "frame cache", ("frames", "masks", "meta")).values())
 
 
 def half_res_logits(net: FusionNet, half: torch.Tensor) -> torch.Tensor:
@@ -222,7 +215,7 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.AdamW(net.frame_seg.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
     max_steps = int(p["max_steps"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_steps)
-    step, wall_before, history = 0, 0.0, []
+    step, wall_before, history, calibrated = 0, 0.0, [], False
     if not args.fresh and (run_dir / "last.pt").is_file():
         state = load_checkpoint(run_dir / "last.pt", ctx=ctx, seed=seed, model=net, optimizer=optimizer,
                                 scheduler=scheduler)
@@ -235,6 +228,7 @@ def main(argv=None) -> dict:
             raise ValueError(f"{run_dir / 'last.pt'} is a finished, calibrated run of {step} steps; to train "
                              f"{max_steps} steps use another run_dir or --fresh")
         history = list(state["extra"].get("history", []))
+        calibrated = bool(state["extra"].get("calibrated"))  # a finished run started again
         log.info(f"resumed from {run_dir / 'last.pt'} at step {step}")
     budget_s = float(p["time_budget_min"] or 0) * 60
     crop, jitter = tuple(int(c) for c in p["crop"]), tuple(float(j) for j in p["exposure_jitter"])
@@ -285,7 +279,7 @@ def main(argv=None) -> dict:
             break
     bar.close()
     net.eval()
-    if state_calibrated(run_dir):
+    if calibrated:  # shifting its scores a second time would move them twice
         log.info("the checkpoint is already calibrated: nothing to do")
         log.close()
         return {"step": step, "history": history}
@@ -302,15 +296,6 @@ def main(argv=None) -> dict:
     log.info(f"done: step {step}, {wall / 60:.1f} min, written to {run_dir / 'last.pt'}")
     log.close()
     return {"step": step, "history": history, "holdout": picked, "calibration": tried, "wall_s": wall}
-
-
-def state_calibrated(run_dir: Path) -> bool:
-    """True when RUN_DIR/fusion/last.pt already holds a calibrated head (a finished run started again):
-    shifting its scores a second time would move them twice."""
-    path = run_dir / "last.pt"
-    if not path.is_file():
-        return False
-    return bool(torch.load(path, map_location="cpu", weights_only=False)["extra"].get("calibrated"))
 
 
 if __name__ == "__main__":

@@ -76,11 +76,8 @@ class LatentCache:
         self.meta["mask_options"] = mask_options(data_cfg)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"clean": self.clean, "ir": self.ir, "degraded": self.degraded, "masks": self.masks,
-                    "meta": self.meta}, tmp)
-        os.replace(tmp, path)
+        save_cache_file(path, {"clean": self.clean, "ir": self.ir, "degraded": self.degraded, "masks": self.masks,
+                               "meta": self.meta})
 
     @classmethod
     def load(cls, path: Path) -> "LatentCache":
@@ -121,6 +118,26 @@ class LatentCache:
         batch = {k: torch.stack(v).float() for k, v in out.items() if k != "mask"}
         batch["mask"] = torch.stack(out["mask"]).long()
         return batch
+
+
+def save_cache_file(path: Path, state: dict) -> None:
+    """Write a training cache (a dict of tensors and meta) through a temporary file, so that an interrupted
+    write never leaves a half cache behind that the next run would read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_cache_file(path: Path, what: str, keys: tuple[str, ...]) -> dict:
+    """A `save_cache_file` dict holding `keys`; a truncated or foreign file raises a ValueError that says which
+    file and how to get a good one (`what` names the cache: "rollout cache", ...)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return {k: state[k] for k in keys}
+    except Exception as exc:
+        raise ValueError(f"cannot read the {what} {path} ({exc}): delete it to rebuild it") from exc
 
 
 def object_centred_window(mask: torch.Tensor, crop: tuple[int, int], size: tuple[int, int],

@@ -40,7 +40,8 @@ from training.builders import build_autoencoder, build_fusion
 from training.checkpoints import load_trained_module, save_checkpoint
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.distributed import setup_distributed
-from training.latent_cache import LatentCache, get_latent_cache, object_centred_window
+from training.latent_cache import (LatentCache, get_latent_cache, load_cache_file, object_centred_window,
+                                   save_cache_file)
 from training.phase2 import PHASE2_DEFAULTS, frozen_denoiser, seg_class_weights
 from training.rng import step_generator
 from training.run_log import RunLogger, Throughput
@@ -103,18 +104,11 @@ class RolloutCache:
                                                        "names": latents.meta["names"]})
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"z0": self.z0, "frame": self.frame, "meta": self.meta}, tmp)
-        tmp.replace(path)
+        save_cache_file(path, {"z0": self.z0, "frame": self.frame, "meta": self.meta})
 
     @classmethod
     def load(cls, path: Path) -> "RolloutCache":
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            return cls(state["z0"], state["frame"], state["meta"])
-        except Exception as exc:  # a truncated or foreign file: say which, and how to get a good one
-            raise ValueError(f"cannot read the rollout cache {path} ({exc}): delete it to rebuild it") from exc
+        return cls(*load_cache_file(path, "rollout cache", ("z0", "frame", "meta")).values())
 
 
 def crop_batch(rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tensor, batch_size: int,
