@@ -47,6 +47,7 @@ from training.seg_head import mask_counts, pick_object_shifts
 FRAME_SEG_DEFAULTS = {
     "init_fusion": None,          # required: the trained F whose trunk and weight head are kept
     "seg_channels": 24,           # FrameSegHead's width: 0.74 M parameters at 24
+    "keep_head": False,           # true: start from init_fusion's own frame head (fine-tuning: more steps, your frames)
     "variants": 8,                # seeded degradations per training frame in the frame cache
     "frame_cache": None,          # default: RUN_DIR/frames.pt
     "holdout": 30,                # training frames that only score and calibrate (holdout_frames)
@@ -55,6 +56,7 @@ FRAME_SEG_DEFAULTS = {
     "crop": [128, 192],           # at the head's half resolution (256x384 frame pixels)
     "person_crop_prob": 0.5,      # crops centred on a person pixel: people are 0.7 % of MSRS's pixels
     "exposure_jitter": [0.7, 1.4],
+    "zoom": [1.0, 1.0],           # crops resized by a factor in this range (log-uniform): people nearer, farther
     "lr": 2.0e-3,
     "weight_decay": 1.0e-4,
     "class_weights": [1, 2, 4, 3, 1, 1, 1, 1, 1],  # unlabelled, car, person, bike, ...; calibration moves it back
@@ -113,24 +115,36 @@ def half_res_logits(net: FusionNet, half: torch.Tensor) -> torch.Tensor:
 
 
 def crop_batch(cache: FrameCache, samples: list[int], batch_size: int, crop: tuple[int, int],
-               jitter: tuple[float, float], person_prob: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops (+ flips, exposure jitter) of random degradations of random frames among `samples`,
+               jitter: tuple[float, float], person_prob: float, g: torch.Generator,
+               zoom: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops (+ flips, exposure jitter, zoom) of random degradations of random frames among `samples`,
     centred on a person with probability `person_prob`: ((B, 3, ch, cw) float in [0, 1] at half
-    resolution, (B, ch, cw) class ids at half resolution)."""
+    resolution, (B, ch, cw) class ids at half resolution). A zoom z from `zoom` (log-uniform, only drawn
+    when the range is not (1, 1)) takes a window of crop / z and resizes it to the crop: the same person
+    nearer or farther away."""
     _, variants, _, h, w = cache.frames.shape
     ch, cw = min(crop[0], h), min(crop[1], w)
     x, target = [], []
     for _ in range(batch_size):
         i = samples[int(torch.randint(len(samples), (1,), generator=g))]
         v = int(torch.randint(variants, (1,), generator=g))
-        top, left = int(torch.randint(h - ch + 1, (1,), generator=g)), int(torch.randint(w - cw + 1, (1,), generator=g))
+        sh, sw = ch, cw
+        if zoom != (1.0, 1.0):
+            z = zoom[0] * (zoom[1] / zoom[0]) ** float(torch.rand(1, generator=g))
+            sh, sw = min(max(round(ch / z), 1), h), min(max(round(cw / z), 1), w)
+        top, left = int(torch.randint(h - sh + 1, (1,), generator=g)), int(torch.randint(w - sw + 1, (1,), generator=g))
         if float(torch.rand(1, generator=g)) < person_prob:
-            window = object_centred_window(cache.masks[i], (ch, cw), (h, w), g, scale=2, ids=(PERSON_ID,))
+            window = object_centred_window(cache.masks[i], (sh, sw), (h, w), g, scale=2, ids=(PERSON_ID,))
             if window is not None:
                 top, left = window
-        frame = cache.frames[i, v, :, top:top + ch, left:left + cw].float() / 255
-        # nearest reduction of the full-resolution mask onto the half-resolution grid
-        mask = cache.masks[i, 2 * top:2 * (top + ch):2, 2 * left:2 * (left + cw):2].long()
+        frame = cache.frames[i, v, :, top:top + sh, left:left + sw].float() / 255
+        if (sh, sw) == (ch, cw):  # nearest reduction of the full-resolution mask onto the half-resolution grid
+            mask = cache.masks[i, 2 * top:2 * (top + ch):2, 2 * left:2 * (left + cw):2].long()
+        else:
+            frame = F.interpolate(frame[None], size=(ch, cw), mode="bilinear", align_corners=False,
+                                  antialias=sh > ch)[0]
+            window_mask = cache.masks[i, 2 * top:2 * (top + sh), 2 * left:2 * (left + sw)]
+            mask = F.interpolate(window_mask[None, None].float(), size=(ch, cw), mode="nearest-exact")[0, 0].long()
         gain = jitter[0] + (jitter[1] - jitter[0]) * float(torch.rand(1, generator=g))
         frame = (frame * gain).clamp(0, 1)
         if float(torch.rand(1, generator=g)) < 0.5:
@@ -175,6 +189,12 @@ def main(argv=None) -> dict:
     if not p["init_fusion"]:
         raise ValueError("frame_seg.init_fusion: name the trained F (a phase-2 last.pt or a fusion.safetensors) "
                          "whose weight head the new S goes with")
+    try:
+        zoom = tuple(float(z) for z in p["zoom"])
+    except (TypeError, ValueError):
+        zoom = ()
+    if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
+        raise ValueError(f"frame_seg.zoom: a range [low, high] with 0 < low <= high, got {p['zoom']!r}")
     seed = int(run["seed"])
     if run["threads"]:
         torch.set_num_threads(int(run["threads"]))
@@ -189,11 +209,19 @@ def main(argv=None) -> dict:
     torch.manual_seed(seed)  # the new head's initial weights: a run is reproducible from its config
     net = build_fusion(spec)
     kept = {k: v for k, v in trained.state_dict().items() if not k.startswith(("segproj.", "stream_seg.", "frame_seg."))}
+    trunk_params = sum(v.numel() for v in kept.values())
+    if p["keep_head"]:
+        if trained.config.seg_head != "frame" or int(trained.config.seg_channels) != int(p["seg_channels"]):
+            raise ValueError(f"frame_seg.keep_head: {p['init_fusion']} has S {trained.config.seg_head!r} of width "
+                             f"{trained.config.seg_channels}, not a frame head of width {p['seg_channels']} "
+                             "(set seg_channels to its width, or keep_head: false for a new head)")
+        kept.update({k: v for k, v in trained.state_dict().items() if k.startswith("frame_seg.")})
     load_state_dict_strict(net, {**net.state_dict(), **kept}, f"frame_seg.init_fusion {p['init_fusion']}")
     net.requires_grad_(False)
     net.frame_seg.requires_grad_(True)
-    log.info(f"S (frame) on {p['init_fusion']}: {sum(q.numel() for q in net.frame_seg.parameters()) / 1e3:.0f} k "
-             f"trainable parameters, F's {sum(q.numel() for q in kept.values()) / 1e3:.0f} k frozen")
+    start = "started from its own" if p["keep_head"] else "new"
+    log.info(f"S (frame, {start}) on {p['init_fusion']}: {sum(q.numel() for q in net.frame_seg.parameters()) / 1e3:.0f} k "
+             f"trainable parameters, F's {trunk_params / 1e3:.0f} k frozen")
 
     # ---- frames ----------------------------------------------------------------------------------
     dataset = make_dataset(data, seed, augment=False)
@@ -240,7 +268,7 @@ def main(argv=None) -> dict:
     while step < max_steps:
         step += 1
         x, target = crop_batch(cache, train_frames, int(p["batch_size"]), crop, jitter, float(p["person_crop_prob"]),
-                               step_generator(seed, step, 0))
+                               step_generator(seed, step, 0), zoom)
         logits = half_res_logits(net, x)
         loss = segmentation_loss(logits, target, class_weights=weights)
         if float(p["person_dice"]):

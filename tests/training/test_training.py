@@ -816,6 +816,27 @@ def test_frame_seg_trains_resumes_calibrates_once_and_exports_a_model_that_sampl
     assert result.seg_labels[0].shape == (48, 48)
 
 
+def test_frame_seg_zoomed_crops_keep_the_mask_on_the_frame():
+    from magicfuse_core.evaluation.targets import PERSON_ID
+    from training import frame_seg
+
+    frames = torch.zeros(1, 1, 3, 48, 64, dtype=torch.uint8)
+    frames[..., 12:36, 20:40] = 255  # a bright person at half resolution
+    masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    masks[:, 24:72, 40:80] = PERSON_ID  # the same person on the full-resolution mask
+    cache = frame_seg.FrameCache(frames, masks, {})
+    g = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(20):
+        x, target = frame_seg.crop_batch(cache, [0], 4, (32, 32), (1.0, 1.0), 0.5, g, zoom=(0.6, 1.8))
+        assert x.shape == (4, 3, 32, 32) and target.shape == (4, 32, 32)
+        bright = x[:, 0] > 0.5
+        person = target == PERSON_ID
+        assert (bright == person).float().mean() > 0.95  # label edges may move by a pixel, nothing more
+        sizes.add(int(person.sum()))
+    assert len(sizes) > 10  # the person is seen at many sizes
+
+
 def test_frame_seg_refuses_a_missing_fusion_net_a_holdout_without_training_frames_and_a_bad_cache(tmp_path):
     from magicfuse_core.checkpoint import save_component
     from training import frame_seg
@@ -830,7 +851,45 @@ def test_frame_seg_refuses_a_missing_fusion_net_a_holdout_without_training_frame
     Path(cfg).write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="holdout"):
         frame_seg.main(["--config", str(cfg), "--no-progress"])
+    with pytest.raises(ValueError, match="frame_seg.zoom"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.holdout=1", "frame_seg.zoom=[2, 1]"])
     assert not (tmp_path / "run" / "frames.pt").exists()  # refused before the cache was built
     (tmp_path / "bad.pt").write_bytes(b"not a cache")
     with pytest.raises(ValueError, match="delete it to rebuild"):
         frame_seg.FrameCache.load(tmp_path / "bad.pt")
+
+
+def test_frame_seg_keep_head_fine_tunes_the_frame_head_it_starts_from_and_refuses_another_head(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from training import frame_seg
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    torch.manual_seed(3)
+    start = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1, "seg_head": "frame",
+                                                        "seg_channels": 8}})
+    save_component(start, tmp_path / "model", "fusion", dtype=torch.float32)
+    cfg = frame_seg_config(tmp_path, tmp_path / "model", "run")
+    raw = yaml.safe_load(Path(cfg).read_text())
+    raw["frame_seg"].update(keep_head=True, lr=0.0, weight_decay=0.0)  # nothing moves: the start is visible
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    frame_seg.main(["--config", str(cfg), "--no-progress"])
+    tuned = dict(load_trained_module(tmp_path / "run/fusion/last.pt").frame_seg.named_parameters())
+    for k, v in start.frame_seg.named_parameters():
+        if k != "out.bias":  # calibration may shift the object scores
+            assert torch.equal(tuned[k], v), k
+    # a fresh head (keep_head false) starts from other weights
+    raw["frame_seg"]["keep_head"] = False
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    frame_seg.main(["--config", str(cfg), "--no-progress", "--fresh"])
+    fresh = dict(load_trained_module(tmp_path / "run/fusion/last.pt").frame_seg.named_parameters())
+    assert not torch.equal(fresh["enc1.0.0.weight"], start.frame_seg.enc1[0][0].weight)
+
+    raw["frame_seg"].update(keep_head=True, seg_channels=16)  # another width than the head it would start from
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="keep_head.*width 8"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--fresh"])
+    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "fold", "fusion")
+    raw["frame_seg"].update(init_fusion=str(tmp_path / "fold" / "fusion.safetensors"), seg_channels=8)
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="keep_head.*not a frame head"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--fresh"])
