@@ -57,6 +57,7 @@ FRAME_SEG_DEFAULTS = {
     "person_crop_prob": 0.5,      # crops centred on a person pixel: people are 0.7 % of MSRS's pixels
     "exposure_jitter": [0.7, 1.4],
     "zoom": [1.0, 1.0],           # crops resized by a factor in this range (log-uniform): people nearer, farther
+    "paste_prob": 0.0,            # share of crops that get another frame's person pixels pasted in (copy-paste)
     "lr": 2.0e-3,
     "weight_decay": 1.0e-4,
     "class_weights": [1, 2, 4, 3, 1, 1, 1, 1, 1],  # unlabelled, car, person, bike, ...; calibration moves it back
@@ -116,12 +117,13 @@ def half_res_logits(net: FusionNet, half: torch.Tensor) -> torch.Tensor:
 
 def crop_batch(cache: FrameCache, samples: list[int], batch_size: int, crop: tuple[int, int],
                jitter: tuple[float, float], person_prob: float, g: torch.Generator,
-               zoom: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+               zoom: tuple[float, float] = (1.0, 1.0), paste_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random crops (+ flips, exposure jitter, zoom) of random degradations of random frames among `samples`,
     centred on a person with probability `person_prob`: ((B, 3, ch, cw) float in [0, 1] at half
     resolution, (B, ch, cw) class ids at half resolution). A zoom z from `zoom` (log-uniform, only drawn
     when the range is not (1, 1)) takes a window of crop / z and resizes it to the crop: the same person
-    nearer or farther away."""
+    nearer or farther away. With probability `paste_prob` the person pixels around a person of another
+    training frame are pasted into the crop (copy-paste: people are 0.7 % of MSRS's pixels)."""
     _, variants, _, h, w = cache.frames.shape
     ch, cw = min(crop[0], h), min(crop[1], w)
     x, target = [], []
@@ -145,6 +147,8 @@ def crop_batch(cache: FrameCache, samples: list[int], batch_size: int, crop: tup
                                   antialias=sh > ch)[0]
             window_mask = cache.masks[i, 2 * top:2 * (top + sh), 2 * left:2 * (left + sw)]
             mask = F.interpolate(window_mask[None, None].float(), size=(ch, cw), mode="nearest-exact")[0, 0].long()
+        if paste_prob and float(torch.rand(1, generator=g)) < paste_prob:
+            frame, mask = paste_person(cache, samples, frame, mask, g)
         gain = jitter[0] + (jitter[1] - jitter[0]) * float(torch.rand(1, generator=g))
         frame = (frame * gain).clamp(0, 1)
         if float(torch.rand(1, generator=g)) < 0.5:
@@ -152,6 +156,29 @@ def crop_batch(cache: FrameCache, samples: list[int], batch_size: int, crop: tup
         x.append(frame)
         target.append(mask)
     return torch.stack(x), torch.stack(target)
+
+
+def paste_person(cache: FrameCache, samples: list[int], frame: torch.Tensor, mask: torch.Tensor,
+                 g: torch.Generator, window: tuple[int, int] = (64, 40)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crop (frame (3, ch, cw) in [0, 1], mask (ch, cw)) with the person pixels of a window around a
+    random person pixel of a random degradation of a random frame among `samples` pasted at a random place.
+    Unchanged when the drawn frame has no person."""
+    _, variants, _, h, w = cache.frames.shape
+    donor = samples[int(torch.randint(len(samples), (1,), generator=g))]
+    v = int(torch.randint(variants, (1,), generator=g))
+    wh, ww = min(window[0], h, mask.shape[0]), min(window[1], w, mask.shape[1])
+    place = object_centred_window(cache.masks[donor], (wh, ww), (h, w), g, scale=2, ids=(PERSON_ID,))
+    if place is None:
+        return frame, mask
+    top, left = place
+    person = cache.masks[donor, 2 * top:2 * (top + wh):2, 2 * left:2 * (left + ww):2] == PERSON_ID
+    pixels = cache.frames[donor, v, :, top:top + wh, left:left + ww].float() / 255
+    y = int(torch.randint(mask.shape[0] - wh + 1, (1,), generator=g))
+    x = int(torch.randint(mask.shape[1] - ww + 1, (1,), generator=g))
+    frame, mask = frame.clone(), mask.clone()
+    frame[:, y:y + wh, x:x + ww] = torch.where(person, pixels, frame[:, y:y + wh, x:x + ww])
+    mask[y:y + wh, x:x + ww][person] = PERSON_ID
+    return frame, mask
 
 
 def person_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -268,7 +295,7 @@ def main(argv=None) -> dict:
     while step < max_steps:
         step += 1
         x, target = crop_batch(cache, train_frames, int(p["batch_size"]), crop, jitter, float(p["person_crop_prob"]),
-                               step_generator(seed, step, 0), zoom)
+                               step_generator(seed, step, 0), zoom, float(p["paste_prob"]))
         logits = half_res_logits(net, x)
         loss = segmentation_loss(logits, target, class_weights=weights)
         if float(p["person_dice"]):

@@ -837,6 +837,26 @@ def test_frame_seg_zoomed_crops_keep_the_mask_on_the_frame():
     assert len(sizes) > 10  # the person is seen at many sizes
 
 
+def test_frame_seg_paste_person_brings_another_frames_person_pixels_with_their_label():
+    from magicfuse_core.evaluation.targets import PERSON_ID
+    from training import frame_seg
+
+    frames = torch.zeros(2, 1, 3, 48, 64, dtype=torch.uint8)
+    frames[1, ..., 12:36, 20:30] = 200  # frame 1: a person, frame 0: none
+    frames[1, ..., 0:5, 0:5] = 90       # bright, but not a person: never pasted
+    masks = torch.zeros(2, 96, 128, dtype=torch.uint8)
+    masks[1, 24:72, 40:60] = PERSON_ID
+    cache = frame_seg.FrameCache(frames, masks, {})
+    g = torch.Generator().manual_seed(0)
+    crop, target = torch.full((3, 32, 32), 0.1), torch.zeros(32, 32, dtype=torch.long)
+    pasted, labels = frame_seg.paste_person(cache, [1], crop, target, g, window=(20, 16))
+    person = labels == PERSON_ID
+    assert person.any() and torch.equal(person, pasted[0] > 0.5)  # the label goes exactly with the pixels
+    assert torch.all(pasted[:, ~person] == 0.1) and torch.all(crop == 0.1)  # the rest kept, the input untouched
+    same, same_labels = frame_seg.paste_person(cache, [0], crop, target, g)
+    assert torch.equal(same, crop) and torch.equal(same_labels, target)  # nobody to paste
+
+
 def test_frame_seg_refuses_a_missing_fusion_net_a_holdout_without_training_frames_and_a_bad_cache(tmp_path):
     from magicfuse_core.checkpoint import save_component
     from training import frame_seg
