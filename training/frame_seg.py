@@ -222,6 +222,12 @@ def main(argv=None) -> dict:
         zoom = ()
     if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
         raise ValueError(f"frame_seg.zoom: a range [low, high] with 0 < low <= high, got {p['zoom']!r}")
+    try:
+        paste_prob = float(p["paste_prob"])
+    except (TypeError, ValueError):
+        paste_prob = -1.0
+    if not 0.0 <= paste_prob <= 1.0:
+        raise ValueError(f"frame_seg.paste_prob: a probability in [0, 1], got {p['paste_prob']!r}")
     seed = int(run["seed"])
     if run["threads"]:
         torch.set_num_threads(int(run["threads"]))
@@ -295,7 +301,7 @@ def main(argv=None) -> dict:
     while step < max_steps:
         step += 1
         x, target = crop_batch(cache, train_frames, int(p["batch_size"]), crop, jitter, float(p["person_crop_prob"]),
-                               step_generator(seed, step, 0), zoom, float(p["paste_prob"]))
+                               step_generator(seed, step, 0), zoom, paste_prob)
         logits = half_res_logits(net, x)
         loss = segmentation_loss(logits, target, class_weights=weights)
         if float(p["person_dice"]):

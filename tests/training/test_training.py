@@ -873,6 +873,8 @@ def test_frame_seg_refuses_a_missing_fusion_net_a_holdout_without_training_frame
         frame_seg.main(["--config", str(cfg), "--no-progress"])
     with pytest.raises(ValueError, match="frame_seg.zoom"):
         frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.holdout=1", "frame_seg.zoom=[2, 1]"])
+    with pytest.raises(ValueError, match="frame_seg.paste_prob"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.holdout=1", "frame_seg.paste_prob=1.5"])
     assert not (tmp_path / "run" / "frames.pt").exists()  # refused before the cache was built
     (tmp_path / "bad.pt").write_bytes(b"not a cache")
     with pytest.raises(ValueError, match="delete it to rebuild"):
