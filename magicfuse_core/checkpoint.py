@@ -199,7 +199,8 @@ def save_model(model: MagicFuseModel, folder: Path, dtype: torch.dtype | None = 
         "format_version": FORMAT_VERSION,
         "components": {name: name for name in COMPONENTS},
         "schedule": {"num_train_timesteps": s.num_train_timesteps, "beta_start": s.beta_start,
-                     "beta_end": s.beta_end, "beta_schedule": s.beta_schedule, "steps": s.num_inference_steps},
+                     "beta_end": s.beta_end, "beta_schedule": s.beta_schedule, "steps": s.num_inference_steps,
+                     **({"timesteps": list(s.custom_timesteps)} if s.custom_timesteps else {})},
         "tau": model.tau,
         "thermal_classes": list(model.thermal_classes),
         "radiation_map": model.radiation_map,
@@ -234,8 +235,12 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
         if not isinstance(mods[c], kind):
             raise ValueError(f"component {c!r} in {folder} is a {type(mods[c]).__name__}, expected {kind.__name__}")
     sch = meta.get("schedule", {})
-    schedule = DDIMSchedule(sch.get("num_train_timesteps", 1000), sch.get("beta_start", 0.00085),
-                            sch.get("beta_end", 0.012), sch.get("beta_schedule", "linear"), sch.get("steps", 25))
+    try:
+        schedule = DDIMSchedule(sch.get("num_train_timesteps", 1000), sch.get("beta_start", 0.00085),
+                                sch.get("beta_end", 0.012), sch.get("beta_schedule", "linear"), sch.get("steps", 25),
+                                custom_timesteps=sch.get("timesteps"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{meta_path}: bad schedule {sch!r} ({exc})") from exc
     return MagicFuseModel(mods["autoencoder"], mods["ikr"], mods["ckg"], mods["fusion"], schedule,
                           float(meta.get("tau", DEFAULT_TAU)), class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
                           check_setting("radiation_map", meta.get("radiation_map", DEFAULT_RADIATION_MAP),

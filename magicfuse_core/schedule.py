@@ -28,10 +28,20 @@ class DDIMSchedule:
     beta_end: float = 0.012
     beta_schedule: str = "linear"
     num_inference_steps: int = 25
+    # Explicit descending timesteps instead of the leading spacing (e.g. (800, 400, 0): few steps that
+    # all lie on the 25-step grid the denoisers were trained on); num_inference_steps follows its length.
+    custom_timesteps: tuple[int, ...] | None = None
     alphas_cumprod: torch.Tensor = field(init=False, repr=False, compare=False)
     timesteps: tuple[int, ...] = field(init=False, compare=False)
 
     def __post_init__(self):
+        if self.custom_timesteps is not None:
+            ts = tuple(int(t) for t in self.custom_timesteps)
+            if not ts or any(not 0 <= t < self.num_train_timesteps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+                raise ValueError(f"custom_timesteps must be strictly descending integers in [0, {self.num_train_timesteps - 1}], "
+                                 f"got {self.custom_timesteps!r}")
+            object.__setattr__(self, "custom_timesteps", ts)
+            object.__setattr__(self, "num_inference_steps", len(ts))
         if self.num_inference_steps < 1 or self.num_inference_steps > self.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {self.num_inference_steps}"
@@ -46,14 +56,18 @@ class DDIMSchedule:
         # "Leading" spacing: t = (N-1)*s, ..., s, 0 with stride s = T // N
         # (960, 920, ..., 40, 0 for T=1000, N=25).
         stride = self.num_train_timesteps // self.num_inference_steps
-        object.__setattr__(self, "timesteps", tuple(range((self.num_inference_steps - 1) * stride, -1, -stride)))
-
-    @property
-    def stride(self) -> int:
-        return self.num_train_timesteps // self.num_inference_steps
+        object.__setattr__(self, "timesteps", self.custom_timesteps or
+                           tuple(range((self.num_inference_steps - 1) * stride, -1, -stride)))
 
     def with_steps(self, num_inference_steps: int) -> "DDIMSchedule":
+        """This schedule at another step count (leading spacing); the same count keeps custom timesteps."""
+        if num_inference_steps == self.num_inference_steps:
+            return self
         return DDIMSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule, num_inference_steps)
+
+    def with_timesteps(self, timesteps) -> "DDIMSchedule":
+        return DDIMSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule,
+                            custom_timesteps=tuple(timesteps))
 
     def alpha_bar(self, t: int) -> float:
         """alpha_bar_t; alpha_bar_{-1} := 1 (the step after t = 0 lands on clean data)."""
@@ -62,7 +76,8 @@ class DDIMSchedule:
     def coefficients(self, index: int) -> tuple[float, float]:
         """(alpha_bar_t, alpha_bar_next) for the index-th step of `timesteps`."""
         t = self.timesteps[index]
-        return self.alpha_bar(t), self.alpha_bar(t - self.stride)
+        t_next = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
+        return self.alpha_bar(t), self.alpha_bar(t_next)
 
     def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, index: int) -> torch.Tensor:
         """z0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""

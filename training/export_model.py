@@ -22,8 +22,7 @@ from magicfuse_core.checkpoint import MagicFuseModel, save_model
 from magicfuse_core.models.fusion import DEFAULT_RADIATION_MAP
 from magicfuse_core.data import read_names
 from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids
-from magicfuse_core.schedule import DDIMSchedule
-from training.builders import build_autoencoder
+from training.builders import build_autoencoder, export_schedule
 from training.checkpoints import load_trained_module
 from training.config import load_config, repo_path
 
@@ -113,8 +112,9 @@ def main(argv=None) -> Path:
         "notes": export.get("notes"),
         "exported": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    # F and S are conditioned on the timesteps they were trained on: the model samples with phase 2's step count.
-    schedule = DDIMSchedule(num_inference_steps=int(cfg["phase2"].get("sampling_steps", 25)))
+    # F and S are conditioned on the timesteps they were trained on: the model samples with phase 2's, or with
+    # some of them (export.timesteps).
+    schedule = export_schedule(cfg["phase2"], export.get("timesteps"))
     model = MagicFuseModel(autoencoder=build_autoencoder(ae_spec), ikr=nets["ikr"], ckg=nets["ckg"],
                            fusion=nets["fusion"], schedule=schedule, tau=float(cfg["phase2"].get("tau", DEFAULT_TAU)),
                            thermal_classes=class_ids(cfg["phase2"].get("thermal_classes", DEFAULT_THERMAL_CLASSES)),

@@ -30,7 +30,7 @@ from magicfuse_core.models.fusion import DEFAULT_RADIATION_MAP, upsample_logits
 from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids, colorize
 from magicfuse_core.sampler import StreamState, fused_step
 from magicfuse_core.schedule import DDIMSchedule
-from training.builders import build_autoencoder, build_fusion, build_unet
+from training.builders import build_autoencoder, build_fusion, build_unet, sampling_schedule
 from training.checkpoints import load_trained_module, resume_if_any, save_checkpoint
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.data import encode, image_batches, make_dataset, resize_images, resize_mask
@@ -50,6 +50,7 @@ PHASE2_DEFAULTS = {
     "init_fusion": None,           # fine-tune a trained F/S (a last.pt or an exported fusion.safetensors)
     "init_weight": None,           # start F from w = this everywhere (1: the IKR stream)
     "sampling_steps": 25,          # DDIM steps of the rollouts, recorded in the exported model
+    "sampling_timesteps": None,    # or their timesteps, listed (e.g. [800, 400]; sampling_steps then follows)
     "tau": DEFAULT_TAU,
     "radiation_map": DEFAULT_RADIATION_MAP,  # "hard" (the paper's argmax) | "soft" (S's thermal probability)
     "magimg_tone": "own",          # decode the fused image alone ("own") or in the IKR image's tone ("ikr")
@@ -202,7 +203,7 @@ def main(argv=None) -> dict:
 
     # ---- frozen networks, data -------------------------------------------------
     ae = build_autoencoder(cfg["autoencoder"]).to(device)
-    schedule = DDIMSchedule(num_inference_steps=int(p["sampling_steps"]))
+    schedule = sampling_schedule(p)
     ikr = frozen_denoiser(p["ikr_checkpoint"], cfg["ikr"]["unet"], seed + 1, schedule).to(device)
     ckg = frozen_denoiser(p["ckg_checkpoint"], cfg["ckg"]["unet"], seed + 2, schedule).to(device)
     cache = None

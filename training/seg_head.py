@@ -36,7 +36,7 @@ from magicfuse_core.models.fusion import FusionNet, class_labels, upsample_logit
 from magicfuse_core.palette import IGNORE_INDEX
 from magicfuse_core.sampler import stream_estimate
 from magicfuse_core.schedule import DDIMSchedule
-from training.builders import build_autoencoder, build_fusion
+from training.builders import build_autoencoder, build_fusion, sampling_schedule
 from training.checkpoints import load_trained_module, save_checkpoint
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.distributed import setup_distributed
@@ -100,8 +100,7 @@ class RolloutCache:
             if k % 20 == 0 or k == n - 1:
                 rate = (k + 1) / (time.time() - start)
                 log(f"rollout cache {k + 1}/{n} frames ({rate:.2f} frames/s, {variants * seeds} rollouts each)")
-        return cls(torch.cat(z0), torch.tensor(frame), {"steps": schedule.num_inference_steps, "seeds": seeds,
-                                                       "names": latents.meta["names"]})
+        return cls(torch.cat(z0), torch.tensor(frame), rollout_key(schedule, seeds, latents))
 
     def save(self, path: Path) -> None:
         save_cache_file(path, {"z0": self.z0, "frame": self.frame, "meta": self.meta})
@@ -133,6 +132,12 @@ def crop_batch(rollouts: RolloutCache, masks: torch.Tensor, samples: torch.Tenso
         z0.append(z)
         target.append(m)
     return torch.stack(z0), torch.stack(target)
+
+
+def rollout_key(schedule: DDIMSchedule, seeds: int, latents: LatentCache) -> dict:
+    """What a rollout cache holds: a cache is reused only when every entry matches."""
+    return {"steps": schedule.num_inference_steps, "timesteps": list(schedule.timesteps), "seeds": seeds,
+            "names": latents.meta["names"]}
 
 
 def unroll(net: FusionNet, z0: torch.Tensor, schedule: DDIMSchedule, g: torch.Generator) -> list[torch.Tensor]:
@@ -256,10 +261,10 @@ def main(argv=None) -> dict:
              f"trainable parameters, F's {sum(q.numel() for q in kept.values()) / 1e3:.0f} k frozen")
 
     # ---- rollouts ------------------------------------------------------------------------------
-    schedule = DDIMSchedule(num_inference_steps=int(p2["sampling_steps"]))
+    schedule = sampling_schedule(p2)
     latents = get_latent_cache(cfg, build_autoencoder(cfg["autoencoder"]), ctx, log.info)
     path = repo_path(p["rollout_cache"] or Path(data["latent_cache"]).with_suffix(".rollouts.pt"))
-    want = {"steps": schedule.num_inference_steps, "seeds": int(p["rollout_seeds"]), "names": latents.meta["names"]}
+    want = rollout_key(schedule, int(p["rollout_seeds"]), latents)
     rollouts = RolloutCache.load(path) if path.is_file() else None
     if rollouts is None or rollouts.meta != want:
         log.info(f"building rollout cache {path} (Ψ {p2['ikr_checkpoint']}, Φ {p2['ckg_checkpoint']})")

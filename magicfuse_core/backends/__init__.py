@@ -109,7 +109,7 @@ def build_hooks(model, device: torch.device, spec: str = DEFAULT_BACKEND, *,
             components = AUTOENCODER_COMPONENTS if step_nets_in_torch else DEFAULT_COMPONENTS
             hooks = onnxruntime_hooks(model, device, onnx_dir=opts.get("onnx_dir"), providers=opts.get("providers"),
                                       io_binding=opts.get("io_binding"), threads=opts.get("threads"),
-                                      components=components, allow_spinning=not step_nets_in_torch, notes=notes)
+                                      components=components, notes=notes)
             if step_nets_in_torch:
                 step_hooks = torch_hooks(model, device, precision="bf16", channels_last=True, cpu_precision=True,
                                          notes=notes)

@@ -117,7 +117,7 @@ def prepare_onnx(model, onnx_dir: str | Path | None, *, height: int, width: int,
 
 def onnxruntime_hooks(model, device: torch.device, *, onnx_dir=None, providers=None, io_binding: bool | None = None,
                       threads: int | None = None, height: int = 64, width: int = 64,
-                      components=DEFAULT_COMPONENTS, allow_spinning: bool = True,
+                      components=DEFAULT_COMPONENTS, allow_spinning: bool = False,
                       notes: list[str] | None = None) -> dict[str, Callable]:
     """Export (or reuse) `components` (default all five) and wrap ONNX Runtime sessions as hooks."""
     onnx_dir, _ = prepare_onnx(model, onnx_dir, height=height, width=width, components=components, notes=notes)

@@ -26,6 +26,30 @@ def test_round_trip_gives_identical_networks(tiny_dir):
     assert b.schedule.timesteps == a.schedule.timesteps and b.tau == 0.4 and b.thermal_classes == (2,)
 
 
+def test_the_timesteps_a_model_records_are_the_ones_the_pipeline_samples_with(tiny_dir, monkeypatch):
+    from dataclasses import replace
+
+    import magicfuse_core.pipeline as pipeline_module
+
+    model = load_model(tiny_dir)
+    few_dir = save_model(replace(model, schedule=model.schedule.with_timesteps((800, 400))), tiny_dir.parent / "few")
+    assert json.loads((few_dir / "model.json").read_text())["schedule"]["timesteps"] == [800, 400]
+    seen = []
+    real = pipeline_module.fused_sample
+    monkeypatch.setattr(pipeline_module, "fused_sample",
+                        lambda *a, **k: seen.append(a[6].timesteps) or real(*a, **k))
+    pipe = MagicFusePipeline.from_pretrained(few_dir)
+    frame = np.zeros((1, 16, 16, 3), dtype=np.uint8)
+    pipe(frame)
+    pipe(frame, steps=4)  # another step count: the leading spacing
+    assert seen == [(800, 400), (750, 500, 250, 0)] and pipe.steps == 2
+    meta = json.loads((few_dir / "model.json").read_text())
+    meta["schedule"]["timesteps"] = [400, 800]
+    (few_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="bad schedule.*custom_timesteps must be strictly descending"):
+        load_model(few_dir)
+
+
 def assert_setting_is_checked(folder, key: str, bad: str, choices: str) -> None:
     """A model.json setting with an unknown value is a clear error naming the choices."""
     meta = json.loads((folder / "model.json").read_text())

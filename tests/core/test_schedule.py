@@ -55,6 +55,33 @@ def test_add_noise_matches_diffusers():
     torch.testing.assert_close(DDIMSchedule().add_noise(x0, noise, t), ref.add_noise(x0, noise, t), rtol=1e-5, atol=1e-6)
 
 
+def test_custom_timesteps_step_from_one_listed_timestep_to_the_next():
+    """(800, 400, 0) is DDIM from 800 to 400 to 0: each step's next alpha_bar is the next listed timestep's, so
+    it agrees with the 5-step leading schedule wherever the two share a step (800 -> 600 is not one of them)."""
+    s = DDIMSchedule(custom_timesteps=[800, 400, 0])
+    assert s.timesteps == (800, 400, 0) and s.num_inference_steps == 3
+    assert s.coefficients(0) == (s.alpha_bar(800), s.alpha_bar(400))
+    assert s.coefficients(2) == (s.alpha_bar(0), 1.0)
+    # the last step of a list that stops above 0 still lands on the clean estimate
+    early = DDIMSchedule(custom_timesteps=(800, 400))
+    x, eps = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4)
+    x_next, x0 = early.step(x, eps, 1)
+    torch.testing.assert_close(x_next, x0)
+    # a leading schedule written out as a list is the same schedule
+    five = DDIMSchedule(num_inference_steps=5)
+    listed = DDIMSchedule(custom_timesteps=five.timesteps)
+    for i in range(5):
+        assert listed.coefficients(i) == five.coefficients(i)
+    assert five.with_timesteps((800, 400)).timesteps == (800, 400)
+    assert listed.with_steps(5) is listed and listed.with_steps(4).timesteps == (750, 500, 250, 0)
+
+
+@pytest.mark.parametrize("timesteps", [(), (400, 800), (800, 800, 0), (1000, 0), (800, -1)])
+def test_bad_custom_timesteps_are_refused(timesteps):
+    with pytest.raises(ValueError, match="custom_timesteps"):
+        DDIMSchedule(custom_timesteps=timesteps)
+
+
 @pytest.mark.parametrize("kwargs", [dict(num_inference_steps=0), dict(num_inference_steps=1001), dict(beta_schedule="cosine")])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):

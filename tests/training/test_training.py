@@ -17,7 +17,7 @@ from magicfuse_core.denoiser import EpsilonDenoiser
 from magicfuse_core.models.autoencoder import Autoencoder, AutoencoderConfig
 from magicfuse_core.schedule import DDIMSchedule
 from training import export_model, phase1, phase2
-from training.builders import build_autoencoder, build_fusion, build_unet
+from training.builders import build_autoencoder, build_fusion, build_unet, export_schedule, sampling_schedule
 from training.checkpoints import load_trained_module
 from training.config import load_config
 from training.distributed import setup_distributed
@@ -553,6 +553,25 @@ def test_export_bundles_a_loadable_trained_model(workdir):
     assert tuned.schedule.num_inference_steps == 4  # F/S trained on 4 steps: the model samples with 4
     assert "person boxes cut to their IR-warm pixels" in tuned.info["data"]["weak_masks"]
     assert_same_weights(tuned.ckg.state_dict(), model.ckg.state_dict())
+
+    # Fewer steps than F/S trained on, at timesteps they trained on: export.timesteps, kept by model.json.
+    few = load_model(export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "few_model"),
+                                        "--set", "export.timesteps=[750, 250]"]))
+    assert few.schedule.timesteps == (750, 250) and few.schedule.num_inference_steps == 2
+    with pytest.raises(ValueError, match=r"trained on the rollout timesteps \[750, 500, 250, 0\] only, not on \[800\]"):
+        export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "unseen"), "--set", "export.timesteps=[800, 250]"])
+
+
+def test_phase2_schedule_settings():
+    assert sampling_schedule({"sampling_steps": 5}).timesteps == (800, 600, 400, 200, 0)
+    assert sampling_schedule({"sampling_steps": None, "sampling_timesteps": [800, 400]}).timesteps == (800, 400)
+    assert sampling_schedule({"sampling_steps": 2, "sampling_timesteps": [800, 400]}).num_inference_steps == 2
+    with pytest.raises(ValueError, match="disagrees"):
+        sampling_schedule({"sampling_steps": 5, "sampling_timesteps": [800, 400]})
+    with pytest.raises(ValueError, match="phase2.sampling_timesteps"):
+        sampling_schedule({"sampling_timesteps": [400, 800]})
+    assert export_schedule({"sampling_steps": 5}, None).timesteps == (800, 600, 400, 200, 0)
+    assert export_schedule({"sampling_steps": 5}, [800, 400]).timesteps == (800, 400)
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[2] / "training/configs").glob("*.yaml")),
