@@ -97,7 +97,7 @@ def meta_twin(model):
     with torch.device("meta"):
         return MagicFuseModel(*(type(m)(m.config) for m in (model.autoencoder, model.ikr, model.ckg, model.fusion)),
                               schedule=model.schedule, tau=model.tau, thermal_classes=model.thermal_classes,
-                              radiation_map=model.radiation_map)
+                              radiation_map=model.radiation_map, radiation_shift=model.radiation_shift)
 
 
 def count_flops(model, height: int, width: int, batch: int = 1, steps: int = 25, decoded: int = 3) -> dict:

@@ -8,6 +8,7 @@ checkpoint always builds the network it belongs to.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -129,6 +130,7 @@ class MagicFuseModel:
     tau: float = DEFAULT_TAU
     thermal_classes: tuple[int, ...] = DEFAULT_THERMAL_CLASSES
     radiation_map: str = DEFAULT_RADIATION_MAP  # "hard" (the paper's) | "soft" (models/fusion.py)
+    radiation_shift: float = 0.0  # added to the thermal classes' scores for the radiation map only (radiation_mask)
     magimg_tone: str = "own"  # MAGIMG_TONES
     info: dict = field(default_factory=dict)  # provenance: trained?, data, steps, ...
     # (1, latent_channels, h, w) autoencoder latent in [0, 1] whose decoding tone the CKG image takes; None: own
@@ -204,6 +206,7 @@ def save_model(model: MagicFuseModel, folder: Path, dtype: torch.dtype | None = 
         "tau": model.tau,
         "thermal_classes": list(model.thermal_classes),
         "radiation_map": model.radiation_map,
+        "radiation_shift": model.radiation_shift,
         "magimg_tone": model.magimg_tone,
         "ckg_tone": model.ckg_tone,
         "info": model.info,
@@ -241,12 +244,17 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
                                 custom_timesteps=sch.get("timesteps"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{meta_path}: bad schedule {sch!r} ({exc})") from exc
+    shift = meta.get("radiation_shift", 0.0)
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift):
+        raise ValueError(f"{meta_path}: radiation_shift must be a finite number, got {shift!r}")
     return MagicFuseModel(mods["autoencoder"], mods["ikr"], mods["ckg"], mods["fusion"], schedule,
-                          float(meta.get("tau", DEFAULT_TAU)), class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
-                          check_setting("radiation_map", meta.get("radiation_map", DEFAULT_RADIATION_MAP),
-                                        RADIATION_MAPS, meta_path),
-                          check_setting("magimg_tone", meta.get("magimg_tone", "own"), MAGIMG_TONES, meta_path),
-                          dict(meta.get("info", {})), load_ckg_tone(folder, meta, device))
+                          tau=float(meta.get("tau", DEFAULT_TAU)),
+                          thermal_classes=class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
+                          radiation_map=check_setting("radiation_map", meta.get("radiation_map", DEFAULT_RADIATION_MAP),
+                                                      RADIATION_MAPS, meta_path),
+                          radiation_shift=float(shift),
+                          magimg_tone=check_setting("magimg_tone", meta.get("magimg_tone", "own"), MAGIMG_TONES, meta_path),
+                          info=dict(meta.get("info", {})), ckg_tone_latent=load_ckg_tone(folder, meta, device))
 
 
 def load_ckg_tone(folder: Path, meta: dict, device) -> torch.Tensor | None:

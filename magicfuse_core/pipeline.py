@@ -239,7 +239,7 @@ class MagicFusePipeline:
         classes = class_ids(thermal_classes) if thermal_classes is not None else self.model.thermal_classes
         out = fused_sample(self.ikr_denoiser, self.ckg_denoiser, self.fusion_net, cond, noise["z_T"], seg_T,
                            schedule, tau=self.model.tau if tau is None else float(tau), thermal_classes=classes,
-                           radiation_map=self.model.radiation_map,
+                           radiation_map=self.model.radiation_map, radiation_shift=self.model.radiation_shift,
                            return_weights="weights" in wanted, time_budget_s=time_budget_s, clock=self._clock(),
                            should_stop=should_stop)
         images_out = self._decode(out, wanted, rh, rw, h, w)

@@ -69,7 +69,8 @@ def stream_estimate(denoiser: Denoiser, cond_latent: torch.Tensor, x: torch.Tens
 
 def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_latent: torch.Tensor,
                state: StreamState, schedule: DDIMSchedule, index: int, *, tau: float = DEFAULT_TAU,
-               thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP) -> StepOutput:
+               thermal_classes=DEFAULT_THERMAL_CLASSES, radiation_map: str = DEFAULT_RADIATION_MAP,
+               radiation_shift: float = 0.0) -> StepOutput:
     """Step `index` of `schedule.timesteps`: three estimates, one weight, the radiation
     correction, one fused DDIM step (the paper's multi-domain knowledge fusion).
 
@@ -82,7 +83,8 @@ def fused_step(ikr_denoiser: Denoiser, ckg_denoiser: Denoiser, fusion_net, cond_
     eps_ikr, z0_ikr = stream_estimate(ikr_denoiser, cond_latent, state.x_ikr, t, schedule, index)
     eps_ckg, z0_ckg = stream_estimate(ckg_denoiser, cond_latent, state.x_ckg, t, schedule, index)
     w, seg_next = fusion_net(torch.cat([z0_ikr, z0_ckg, state.x_fused], dim=1), eps_ikr, eps_ckg, t, state.seg_state)
-    w_r = correct_weight(w.float(), radiation_mask(seg_next.detach(), thermal_classes, radiation_map).float(), tau)
+    w_r = correct_weight(w.float(), radiation_mask(seg_next.detach(), thermal_classes, radiation_map,
+                                                  radiation_shift).float(), tau)
     eps_fused = fuse_noise(w_r, eps_ikr, eps_ckg)
     x_fused, z0_fused = schedule.step(state.x_fused, eps_fused, index)
     nxt = StreamState(schedule.next_sample(z0_ikr, eps_ikr, index), schedule.next_sample(z0_ckg, eps_ckg, index),
@@ -128,6 +130,7 @@ def fused_sample(
     tau: float = DEFAULT_TAU,
     thermal_classes=DEFAULT_THERMAL_CLASSES,
     radiation_map: str = DEFAULT_RADIATION_MAP,
+    radiation_shift: float = 0.0,
     return_weights: bool = False,
     time_budget_s: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -160,7 +163,8 @@ def fused_sample(
                 cut_short = True
                 break
         step = fused_step(ikr_denoiser, ckg_denoiser, fusion_net, cond_latent, state, schedule, i, tau=tau,
-                          thermal_classes=thermal_classes, radiation_map=radiation_map)
+                          thermal_classes=thermal_classes, radiation_map=radiation_map,
+                          radiation_shift=radiation_shift)
         state = step.next
         steps_run += 1
         if return_weights:

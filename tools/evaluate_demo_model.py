@@ -123,7 +123,8 @@ def evaluate(pipe: MagicFusePipeline, data: Path, names: list[str], size: tuple[
     summary = card.summarise(frames)
     results = {
         "frames": len(names), "inference_size": list(size) if size else list(clean.shape[:2]),
-        "steps": pipe.steps, "tau": pipe.model.tau, "radiation_map": pipe.model.radiation_map,
+        "steps": pipe.steps, "timesteps": list(pipe.model.schedule.with_steps(pipe.steps).timesteps),
+        "tau": pipe.model.tau, "radiation_shift": pipe.model.radiation_shift, "radiation_map": pipe.model.radiation_map,
         "magimg_tone": pipe.model.magimg_tone, "ckg_tone": pipe.model.ckg_tone,
         "ckg_tone_frame": (pipe.model.info.get("ckg_tone") or {}).get("frame"),
         "seconds_per_frame": float(np.mean(t_infer)),
@@ -159,6 +160,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, 25)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--backend", default="auto", help="pipeline backend (default auto: ONNX Runtime on CPU)")
+    parser.add_argument("--radiation-shift", type=float, default=None, metavar="S",
+                        help="try another radiation_shift than the model's (pick it on --seg-holdout frames)")
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
@@ -184,6 +187,8 @@ def main(argv=None) -> dict:
     names = names[args.offset:][: args.frames]
 
     pipe = load_pipeline(model_dir, backend=args.backend, steps=args.steps, size="auto")  # the defaults users get
+    if args.radiation_shift is not None:
+        pipe.model.radiation_shift = args.radiation_shift
     info = pipe.model.info
     size = pipe.inference_size  # None: native 640x480
 
@@ -203,6 +208,15 @@ def main(argv=None) -> dict:
 
 
 # --------------------------------------------------------------------------- the card
+
+
+def radiation_shift_words(r: dict) -> str:
+    shift = r.get("radiation_shift") or 0.0
+    return f", thermal scores {shift:+g} for it only" if shift else ""
+
+
+def timestep_words(r: dict) -> str:
+    return f" (t = {', '.join(map(str, r['timesteps']))})" if r.get("timesteps") else ""
 
 
 def fmt(v: float) -> str:
@@ -421,7 +435,8 @@ def model_card(r: dict, grid_path: Path) -> str:
         *([f"| training history | {info['notes']} |"] if info.get("notes") else []),
         f"| inference | {r['inference_size'][0]}x{r['inference_size'][1]} "
         f"({'`info.inference_size`' if info.get('inference_size') else 'native: the frame size'}), "
-        f"{r['steps']} DDIM steps, tau {r['tau']:g} ({r.get('radiation_map', 'hard')} radiation map), MagImg decoded "
+        f"{r['steps']} DDIM steps{timestep_words(r)}, tau {r['tau']:g} ({r.get('radiation_map', 'hard')} radiation map"
+        f"{radiation_shift_words(r)}), MagImg decoded "
         f"{'in the IKR stream' + chr(39) + 's tone' if r.get('magimg_tone') == 'ikr' else 'alone'}, "
         f"the CKG image {ckg_tone_words(r)}, "
         f"{r['seconds_per_frame']:.2f} s per frame on this CPU |",

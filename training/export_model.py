@@ -119,6 +119,7 @@ def main(argv=None) -> Path:
                            fusion=nets["fusion"], schedule=schedule, tau=float(cfg["phase2"].get("tau", DEFAULT_TAU)),
                            thermal_classes=class_ids(cfg["phase2"].get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
                            radiation_map=cfg["phase2"].get("radiation_map", DEFAULT_RADIATION_MAP),
+                           radiation_shift=float(export.get("radiation_shift") or 0.0),
                            magimg_tone=cfg["phase2"].get("magimg_tone", "own"),
                            info=info)
     out = save_model(model, repo_path(args.out), dtype=DTYPES[export.get("dtype", "float32")])

@@ -80,8 +80,16 @@ def class_labels(logits: torch.Tensor) -> torch.Tensor:
 
 
 def radiation_mask(seg_state: torch.Tensor, thermal_classes=DEFAULT_THERMAL_CLASSES,
-                   kind: str = DEFAULT_RADIATION_MAP) -> torch.Tensor:
-    """(B, K, h, w) segmentation state -> (B, 1, h, w) float mask in [0, 1] (see RADIATION_MAPS)."""
+                   kind: str = DEFAULT_RADIATION_MAP, shift: float = 0.0) -> torch.Tensor:
+    """(B, K, h, w) segmentation state -> (B, 1, h, w) float mask in [0, 1] (see RADIATION_MAPS).
+
+    shift: added to the thermal classes' scores for this mask only. The published map wants precision (a false
+    person misleads a detector); the fusion wants coverage (a person the mask misses stays as dark as the
+    visible frame), so a model may widen its radiation map without touching the map it publishes."""
+    if shift:
+        offset = torch.zeros(seg_state.shape[1], device=seg_state.device, dtype=seg_state.dtype)
+        offset[list(thermal_classes)] = float(shift)
+        seg_state = seg_state + offset.view(1, -1, 1, 1)
     if kind == "soft":
         probs = torch.softmax(seg_state.float(), dim=1)
         return probs[:, list(thermal_classes)].sum(dim=1, keepdim=True).to(seg_state.dtype)

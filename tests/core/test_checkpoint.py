@@ -73,6 +73,31 @@ def test_radiation_map_is_a_model_setting_the_pipeline_samples_with(tiny_dir):
     assert_setting_is_checked(soft_dir, "radiation_map", "argmax", "hard, soft")
 
 
+def test_radiation_shift_widens_the_radiation_map_and_leaves_the_published_map_alone(tiny_dir):
+    from dataclasses import replace
+
+    from magicfuse_core.models.fusion import radiation_mask
+
+    scores = torch.zeros(1, 9, 1, 2)
+    scores[0, 1] = torch.tensor([1.0, 3.0])  # car leads person (class 2) by 1 and by 3
+    assert radiation_mask(scores, (2,)).flatten().tolist() == [0.0, 0.0]
+    assert radiation_mask(scores, (2,), shift=2.0).flatten().tolist() == [1.0, 0.0]
+    model = load_model(tiny_dir)
+    assert model.radiation_shift == 0.0  # folders written before the setting existed
+    wide_dir = save_model(replace(model, radiation_shift=50.0), tiny_dir.parent / "wide")
+    assert load_model(wide_dir).radiation_shift == 50.0
+    frame = (np.random.default_rng(0).random((1, 24, 32, 3)) * 255).astype(np.uint8)
+    plain = MagicFusePipeline.from_pretrained(tiny_dir)(frame, seed=1, return_weights=True, tau=0.0)
+    wide = MagicFusePipeline.from_pretrained(wide_dir)(frame, seed=1, return_weights=True, tau=0.0)
+    np.testing.assert_array_equal(plain.seg_labels, wide.seg_labels)  # what the node publishes is unchanged
+    assert wide.fusion_weight.max() <= 0.0 < plain.fusion_weight.max()  # every pixel thermal: w_r = min(w, tau 0)
+    meta = json.loads((wide_dir / "model.json").read_text())
+    meta["radiation_shift"] = "wide"
+    (wide_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="radiation_shift must be a finite number, got 'wide'"):
+        load_model(wide_dir)
+
+
 def test_magimg_tone_ikr_decodes_only_magimg_in_the_ikr_tone(tiny_dir):
     from dataclasses import replace
 
