@@ -435,7 +435,7 @@ def model_card(r: dict, grid_path: Path) -> str:
         *([f"| training history | {info['notes']} |"] if info.get("notes") else []),
         f"| inference | {r['inference_size'][0]}x{r['inference_size'][1]} "
         f"({'`info.inference_size`' if info.get('inference_size') else 'native: the frame size'}), "
-        f"{r['steps']} DDIM steps{timestep_words(r)}, tau {r['tau']:g} ({r.get('radiation_map', 'hard')} radiation map"
+        f"{r['steps']} DDIM step{'' if r['steps'] == 1 else 's'}{timestep_words(r)}, tau {r['tau']:g} ({r.get('radiation_map', 'hard')} radiation map"
         f"{radiation_shift_words(r)}), MagImg decoded "
         f"{'in the IKR stream' + chr(39) + 's tone' if r.get('magimg_tone') == 'ikr' else 'alone'}, "
         f"the CKG image {ckg_tone_words(r)}, "

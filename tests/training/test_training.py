@@ -556,8 +556,9 @@ def test_export_bundles_a_loadable_trained_model(workdir):
 
     # Fewer steps than F/S trained on, at timesteps they trained on: export.timesteps, kept by model.json.
     few = load_model(export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "few_model"),
-                                        "--set", "export.timesteps=[750, 250]"]))
+                                        "--set", "export.timesteps=[750, 250]", "export.radiation_shift=1.5"]))
     assert few.schedule.timesteps == (750, 250) and few.schedule.num_inference_steps == 2
+    assert few.radiation_shift == 1.5 and tuned.radiation_shift == 0.0
     with pytest.raises(ValueError, match=r"trained on the rollout timesteps \[750, 500, 250, 0\] only, not on \[800\]"):
         export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "unseen"), "--set", "export.timesteps=[800, 250]"])
 
