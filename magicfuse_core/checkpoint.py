@@ -244,15 +244,13 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> MagicFuseMod
                                 custom_timesteps=sch.get("timesteps"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{meta_path}: bad schedule {sch!r} ({exc})") from exc
-    shift = meta.get("radiation_shift", 0.0)
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift):
-        raise ValueError(f"{meta_path}: radiation_shift must be a finite number, got {shift!r}")
+    shift = check_radiation_shift(meta.get("radiation_shift", 0.0), meta_path)
     return MagicFuseModel(mods["autoencoder"], mods["ikr"], mods["ckg"], mods["fusion"], schedule,
                           tau=float(meta.get("tau", DEFAULT_TAU)),
                           thermal_classes=class_ids(meta.get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
                           radiation_map=check_setting("radiation_map", meta.get("radiation_map", DEFAULT_RADIATION_MAP),
                                                       RADIATION_MAPS, meta_path),
-                          radiation_shift=float(shift),
+                          radiation_shift=shift,
                           magimg_tone=check_setting("magimg_tone", meta.get("magimg_tone", "own"), MAGIMG_TONES, meta_path),
                           info=dict(meta.get("info", {})), ckg_tone_latent=load_ckg_tone(folder, meta, device))
 
@@ -301,6 +299,13 @@ def check_ckg_tone_latent(latent: torch.Tensor, latent_channels: int) -> torch.T
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
         raise ValueError(f"the CKG tone latent must be a finite (1, {latent_channels}, h, w) tensor, got {shape}")
     return latent.float()
+
+
+def check_radiation_shift(value, where) -> float:
+    """radiation_shift as a float; a string, a bool, NaN or infinity is refused, naming where it came from."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: radiation_shift must be a finite number, got {value!r}")
+    return float(value)
 
 
 def check_setting(name: str, value, choices, where) -> str:

@@ -7,6 +7,7 @@ and no device: tensors in, tensors out.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +37,10 @@ class DDIMSchedule:
 
     def __post_init__(self):
         if self.custom_timesteps is not None:
-            ts = tuple(int(t) for t in self.custom_timesteps)
+            listed = self.custom_timesteps
+            integral = not isinstance(listed, str) and all(
+                isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in listed)
+            ts = tuple(int(t) for t in listed) if integral else ()
             if not ts or any(not 0 <= t < self.num_train_timesteps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
                 raise ValueError(f"custom_timesteps must be strictly descending integers in [0, {self.num_train_timesteps - 1}], "
                                  f"got {self.custom_timesteps!r}")

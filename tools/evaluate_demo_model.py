@@ -171,6 +171,8 @@ def main(argv=None) -> dict:
         parser.error(f"--seg-holdout must be >= 1, got {args.seg_holdout}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.radiation_shift is not None and not math.isfinite(args.radiation_shift):
+        parser.error(f"--radiation-shift must be a finite number, got {args.radiation_shift}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir, data = REPO / args.model, (REPO / args.data).resolve()

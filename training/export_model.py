@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from magicfuse_core.checkpoint import MagicFuseModel, save_model
+from magicfuse_core.checkpoint import MagicFuseModel, check_radiation_shift, save_model
 from magicfuse_core.models.fusion import DEFAULT_RADIATION_MAP
 from magicfuse_core.data import read_names
 from magicfuse_core.palette import DEFAULT_TAU, DEFAULT_THERMAL_CLASSES, class_ids
@@ -119,7 +119,7 @@ def main(argv=None) -> Path:
                            fusion=nets["fusion"], schedule=schedule, tau=float(cfg["phase2"].get("tau", DEFAULT_TAU)),
                            thermal_classes=class_ids(cfg["phase2"].get("thermal_classes", DEFAULT_THERMAL_CLASSES)),
                            radiation_map=cfg["phase2"].get("radiation_map", DEFAULT_RADIATION_MAP),
-                           radiation_shift=float(export.get("radiation_shift") or 0.0),
+                           radiation_shift=check_radiation_shift(export.get("radiation_shift") or 0.0, "export"),
                            magimg_tone=cfg["phase2"].get("magimg_tone", "own"),
                            info=info)
     out = save_model(model, repo_path(args.out), dtype=DTYPES[export.get("dtype", "float32")])

@@ -96,3 +96,15 @@ def test_a_bad_seg_holdout_is_refused_before_any_model_loads(tool, tmp_path, cap
         with pytest.raises(SystemExit):
             tool.main(["--seg-holdout", bad, "--data", str(tmp_path), "--model", str(tmp_path / "no-model")])
         assert why in capsys.readouterr().err
+
+
+def test_a_radiation_shift_that_is_not_a_finite_number_is_refused_before_any_model_loads(tool, tmp_path, capsys):
+    for bad in ("nan", "inf"):
+        with pytest.raises(SystemExit):
+            tool.main(["--radiation-shift", bad, "--data", str(tmp_path), "--model", str(tmp_path / "no-model")])
+        assert "--radiation-shift must be a finite number" in capsys.readouterr().err
+
+
+def test_the_card_names_the_timesteps_and_a_radiation_shift(tool, results):
+    text = tool.model_card({**results, "steps": 1, "timesteps": [800], "radiation_shift": 1.0}, Path("grid.png"))
+    assert "1 DDIM step (t = 800)" in text and "thermal scores +1 for it only" in text

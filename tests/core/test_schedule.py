@@ -76,7 +76,7 @@ def test_custom_timesteps_step_from_one_listed_timestep_to_the_next():
     assert listed.with_steps(5) is listed and listed.with_steps(4).timesteps == (750, 500, 250, 0)
 
 
-@pytest.mark.parametrize("timesteps", [(), (400, 800), (800, 800, 0), (1000, 0), (800, -1)])
+@pytest.mark.parametrize("timesteps", [(), (400, 800), (800, 800, 0), (1000, 0), (800, -1), "800", (800.5, 0), (True,)])
 def test_bad_custom_timesteps_are_refused(timesteps):
     with pytest.raises(ValueError, match="custom_timesteps"):
         DDIMSchedule(custom_timesteps=timesteps)

@@ -561,6 +561,8 @@ def test_export_bundles_a_loadable_trained_model(workdir):
     assert few.radiation_shift == 1.5 and tuned.radiation_shift == 0.0
     with pytest.raises(ValueError, match=r"trained on the rollout timesteps \[750, 500, 250, 0\] only, not on \[800\]"):
         export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "unseen"), "--set", "export.timesteps=[800, 250]"])
+    with pytest.raises(ValueError, match="export: radiation_shift must be a finite number, got 'wide'"):
+        export_model.main(["--config", str(tuned_cfg), "--out", str(workdir / "wide"), "--set", "export.radiation_shift=wide"])
 
 
 def test_phase2_schedule_settings():
