@@ -130,12 +130,13 @@ def save_cache_file(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_cache_file(path: Path, what: str, keys: tuple[str, ...]) -> dict:
-    """A `save_cache_file` dict holding `keys`; a truncated or foreign file raises a ValueError that says which
-    file and how to get a good one (`what` names the cache: "rollout cache", ...)."""
+def load_cache_file(path: Path, what: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """A `save_cache_file` dict holding `keys` (and `optional` ones, None where an older file lacks them); a
+    truncated or foreign file raises a ValueError that says which file and how to get a good one (`what`
+    names the cache: "rollout cache", ...)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        return {k: state[k] for k in keys}
+        return {**{k: state[k] for k in keys}, **{k: state.get(k) for k in optional}}
     except Exception as exc:
         raise ValueError(f"cannot read the {what} {path} ({exc}): delete it to rebuild it") from exc
 

@@ -251,6 +251,11 @@ class FrameSegHead(nn.Module):
 
     def segment_half(self, half: torch.Tensor) -> torch.Tensor:
         """The frame already at half resolution (what training stores) -> logits at half of that."""
+        return self.out(self.features_half(half))
+
+    def features_half(self, half: torch.Tensor) -> torch.Tensor:
+        """The last decoder features (B, channels, H/4, W/4) that `out` reads: training can read them too
+        (training/frame_seg.py's infrared readout)."""
         x = (half - self.MEAN) / self.STD
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
@@ -258,7 +263,7 @@ class FrameSegHead(nn.Module):
         h = self.context(e3)
         for dec, skip in ((self.dec3, e3), (self.dec2, e2), (self.dec1, e1)):
             h = dec(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
-        return self.out(h)
+        return h
 
 
 class FusionNet(nn.Module):

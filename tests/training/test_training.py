@@ -937,3 +937,125 @@ def test_frame_seg_keep_head_fine_tunes_the_frame_head_it_starts_from_and_refuse
     Path(cfg).write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="keep_head.*not a frame head"):
         frame_seg.main(["--config", str(cfg), "--no-progress", "--fresh"])
+
+
+def test_frame_seg_crops_carry_the_infrared_with_the_frame_and_leave_its_gain_alone():
+    from magicfuse_core.evaluation.targets import PERSON_ID
+    from training import frame_seg
+
+    frames = torch.zeros(2, 1, 3, 48, 64, dtype=torch.uint8)
+    frames[..., 12:36, 20:30] = 100     # a person, grey in the visible frame
+    ir = torch.zeros(2, 1, 48, 64, dtype=torch.uint8)
+    ir[..., 12:36, 20:30] = 250         # and warm in the infrared
+    masks = torch.zeros(2, 96, 128, dtype=torch.uint8)
+    masks[:, 24:72, 40:60] = PERSON_ID
+    cache = frame_seg.FrameCache(frames, masks, {}, ir)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        x, target = frame_seg.crop_batch(cache, [0, 1], 4, (32, 32), (0.5, 0.6), 0.5, g, zoom=(0.6, 1.8),
+                                         paste_prob=0.5)
+        assert x.shape == (4, 4, 32, 32)
+        warm, person = x[:, 3] > 0.5, target == PERSON_ID
+        assert (warm == person).float().mean() > 0.95  # crops, zooms, pastes and flips move both alike
+        assert x[:, 3].max() > 0.9 and x[:, :3].max() < 0.25  # the camera's gain (0.5-0.6): the frame's, not the IR's
+    plain, _ = frame_seg.crop_batch(frame_seg.FrameCache(frames, masks, {}), [0], 2, (32, 32), (1, 1), 0.5, g)
+    assert plain.shape == (2, 3, 32, 32)  # a cache without infrared gives the frame alone
+
+
+def test_infrared_readout_loss_scores_relative_warmth():
+    from training.frame_seg import infrared_readout_loss
+
+    ir = torch.rand(2, 1, 16, 16)
+    pooled = torch.nn.functional.avg_pool2d(ir, 2)
+    assert float(infrared_readout_loss(pooled + 0.3, ir)) < 1e-6  # an offset is not an error
+    assert float(infrared_readout_loss(1 - pooled, ir)) > 0.1     # inverted warmth is
+
+
+def test_frame_seg_ir_readout_trains_resumes_and_is_not_exported(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from training import frame_seg
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m",
+                   "fusion", dtype=torch.float32)
+    cfg = frame_seg_config(tmp_path, tmp_path / "m", "run")
+    with pytest.raises(ValueError, match="frame_seg.ir_readout"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ir_readout=-1"])
+    args = ["--config", str(cfg), "--no-progress", "--set", "frame_seg.ir_readout=2.0"]
+    real_save = frame_seg.save_checkpoint
+
+    def save_then_stop(*a, **kw):
+        real_save(*a, **kw)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(frame_seg, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            frame_seg.main(args)
+    cache = frame_seg.FrameCache.load(tmp_path / "run" / "frames.pt")
+    assert cache.ir.shape == (3, 1, 24, 24) and cache.meta["ir"]
+    with pytest.raises(ValueError, match="ir_readout"):  # resuming without it would drop what it learned
+        frame_seg.main(["--config", str(cfg), "--no-progress"])
+    resumed = frame_seg.main(args)
+    straight = frame_seg.main([*args[:-1], "frame_seg.ir_readout=2.0", "run_dir=" + str(tmp_path / "straight"),
+                               "frame_seg.frame_cache=" + str(tmp_path / "run" / "frames.pt")])
+    assert resumed["step"] == straight["step"] == 4
+    a = torch.load(tmp_path / "run/fusion/last.pt", weights_only=False)
+    b = torch.load(tmp_path / "straight/fusion/last.pt", weights_only=False)
+    for k, v in b["extra"]["ir_readout"].items():  # the readout resumed exactly, so did the head
+        torch.testing.assert_close(a["extra"]["ir_readout"][k], v, msg=k)
+    for k, v in b["model"].items():
+        torch.testing.assert_close(a["model"][k], v, msg=k)
+    trained = load_trained_module(tmp_path / "run/fusion/last.pt")
+    assert not any("readout" in k for k in trained.state_dict())  # the exported S is the plain frame head
+
+
+def test_frame_seg_holdout_scores_every_degradation_and_its_cached_scores_follow_the_bias():
+    from magicfuse_core.evaluation.targets import PERSON_ID
+    from magicfuse_core.evaluation.targets import segmentation_scores
+    from magicfuse_core.models.fusion import class_labels, upsample_logits
+    from training import frame_seg
+    from training.seg_head import mask_counts
+
+    torch.manual_seed(0)
+    net = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1, "seg_head": "frame",
+                                                      "seg_channels": 8}}).eval()
+    frames = torch.randint(0, 255, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[:, 10:40, 20:30] = PERSON_ID
+    cache = frame_seg.FrameCache(frames, masks, {})
+    by_hand: dict = {}
+    for i in range(2):
+        for v in range(3):  # each degradation scored on its own and summed
+            labels = class_labels(upsample_logits(frame_seg.half_res_logits(net, frames[i, v][None])))[0]
+            for k, c in mask_counts(labels, masks[i].long()).items():
+                by_hand[k] = by_hand.get(k, 0) + c
+    assert frame_seg.holdout_scores(net, cache, [0, 1]) == segmentation_scores(by_hand)
+    unbiased = frame_seg.holdout_logits(net, cache, [0, 1])
+    with torch.no_grad():
+        net.frame_seg.out.bias[PERSON_ID] += 2.0  # what calibration does
+    assert frame_seg.holdout_scores(net, cache, [0, 1], unbiased) == frame_seg.holdout_scores(net, cache, [0, 1])
+
+
+def test_frame_seg_ema_keeps_the_average_of_the_heads_weights(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from magicfuse_core.evaluation.targets import PERSON_ID
+    from training import frame_seg
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m",
+                   "fusion", dtype=torch.float32)
+    cfg = frame_seg_config(tmp_path, tmp_path / "m", "run")
+    with pytest.raises(ValueError, match="frame_seg.ema"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=1.0"])
+    summary = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=0.5"])
+    state = torch.load(tmp_path / "run/fusion/last.pt", weights_only=False)
+    shadow = state["ema"]["shadow"]
+    assert state["ema"]["updates"] == 4 and shadow
+    bias = "frame_seg.out.bias"
+    for k, v in shadow.items():  # the kept head is the average (its output bias then calibrated)
+        if k != bias:
+            torch.testing.assert_close(state["model"][k].float(), v, msg=k)
+    shift = state["model"][bias] - shadow[bias]
+    picked = summary["holdout"]
+    assert float(shift[PERSON_ID]) == picked["person_shift"] and float(shift[1]) == picked["vehicle_shift"]
