@@ -140,9 +140,8 @@ def crop_batch(cache: FrameCache, samples: list[int], batch_size: int, crop: tup
     """Random crops (+ flips, exposure jitter, zoom) of random degradations of random frames among `samples`,
     centred on a person with probability `person_prob`: ((B, 3, ch, cw) float in [0, 1] at half
     resolution, with the infrared as a 4th plane when the cache holds it; (B, ch, cw) class ids at half
-    resolution). A zoom z from `zoom` (log-uniform, only drawn
-    when the range is not (1, 1)) takes a window of crop / z and resizes it to the crop: the same person
-    nearer or farther away. With probability `paste_prob` the person pixels around a person of another
+    resolution). A zoom z from `zoom` (log-uniform, only drawn when the range is not (1, 1)) takes a
+    window of crop / z and resizes it to the crop: the same person nearer or farther away. With probability `paste_prob` the person pixels around a person of another
     training frame are pasted into the crop (copy-paste: people are 0.7 % of MSRS's pixels)."""
     _, variants, _, h, w = cache.frames.shape
     ch, cw = min(crop[0], h), min(crop[1], w)
