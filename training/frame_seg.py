@@ -423,6 +423,8 @@ def main(argv=None) -> dict:
     unbiased = holdout_logits(net, cache, held_out)
     picked, tried = pick_object_shifts(net.frame_seg.out.bias.data, lambda: holdout_scores(net, cache, held_out, unbiased),
                                        float(p["max_outside"]))
+    if ema is not None:  # export reads a checkpoint's average: it must carry the calibrated scores too
+        ema.shadow = {k: v.detach().clone().float() for k, v in net.state_dict().items() if k in ema.shadow}
     log.info(f"object scores shifted by {picked['person_shift']:+g} (person), {picked['vehicle_shift']:+g} (car, bike): "
              f"held-out person IoU {picked['person_IoU']:.3f} (P {picked['person_precision']:.3f} "
              f"R {picked['person_recall']:.3f}), car IoU {picked['car_IoU']:.3f}, outside-box objects "

@@ -1037,9 +1037,9 @@ def test_frame_seg_holdout_scores_every_degradation_and_its_cached_scores_follow
     assert frame_seg.holdout_scores(net, cache, [0, 1], unbiased) == frame_seg.holdout_scores(net, cache, [0, 1])
 
 
-def test_frame_seg_ema_keeps_the_average_of_the_heads_weights(tmp_path):
+def test_frame_seg_ema_keeps_the_average_of_the_heads_weights_calibrated(tmp_path):
     from magicfuse_core.checkpoint import save_component
-    from magicfuse_core.evaluation.targets import PERSON_ID
+    from magicfuse_core.data import holdout_frames
     from training import frame_seg
 
     (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
@@ -1048,14 +1048,19 @@ def test_frame_seg_ema_keeps_the_average_of_the_heads_weights(tmp_path):
     cfg = frame_seg_config(tmp_path, tmp_path / "m", "run")
     with pytest.raises(ValueError, match="frame_seg.ema"):
         frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=1.0"])
-    summary = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=0.5"])
+    summary = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=0.5",
+                              "frame_seg.max_outside=0.0"])
     state = torch.load(tmp_path / "run/fusion/last.pt", weights_only=False)
     shadow = state["ema"]["shadow"]
     assert state["ema"]["updates"] == 4 and shadow
-    bias = "frame_seg.out.bias"
     for k, v in shadow.items():  # the kept head is the average (its output bias then calibrated)
-        if k != bias:
-            torch.testing.assert_close(state["model"][k].float(), v, msg=k)
-    shift = state["model"][bias] - shadow[bias]
+        torch.testing.assert_close(state["model"][k].float(), v, msg=k)
+    exported = load_trained_module(tmp_path / "run/fusion/last.pt")  # what export reads
+    for k, v in state["model"].items():
+        torch.testing.assert_close(exported.state_dict()[k], v, msg=k)
     picked = summary["holdout"]
-    assert float(shift[PERSON_ID]) == picked["person_shift"] and float(shift[1]) == picked["vehicle_shift"]
+    assert (picked["person_shift"], picked["vehicle_shift"]) != (0, 0)  # max_outside 0: the shift is not zero
+    scores = frame_seg.holdout_scores(exported.eval(), frame_seg.FrameCache.load(tmp_path / "run" / "frames.pt"),
+                                      holdout_frames(3, 1))
+    for k in ("person_IoU", "outside_object_fraction"):  # the exported head scores what calibration picked
+        assert scores[k] == pytest.approx(picked[k], nan_ok=True)
