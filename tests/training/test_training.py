@@ -971,14 +971,20 @@ def test_infrared_readout_loss_scores_relative_warmth():
     assert float(infrared_readout_loss(1 - pooled, ir)) > 0.1     # inverted warmth is
 
 
-def test_frame_seg_ir_readout_trains_resumes_and_is_not_exported(tmp_path):
+def three_frame_seg_run(tmp_path) -> Path:
+    """Three training frames, a tiny F to start from and a frame_seg config for RUN_DIR tmp_path/run."""
     from magicfuse_core.checkpoint import save_component
-    from training import frame_seg
 
     (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
     save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m",
                    "fusion", dtype=torch.float32)
-    cfg = frame_seg_config(tmp_path, tmp_path / "m", "run")
+    return frame_seg_config(tmp_path, tmp_path / "m", "run")
+
+
+def test_frame_seg_ir_readout_trains_resumes_and_is_not_exported(tmp_path):
+    from training import frame_seg
+
+    cfg = three_frame_seg_run(tmp_path)
     with pytest.raises(ValueError, match="frame_seg.ir_readout"):
         frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ir_readout=-1"])
     args = ["--config", str(cfg), "--no-progress", "--set", "frame_seg.ir_readout=2.0"]
@@ -1038,14 +1044,10 @@ def test_frame_seg_holdout_scores_every_degradation_and_its_cached_scores_follow
 
 
 def test_frame_seg_ema_keeps_the_average_of_the_heads_weights_calibrated(tmp_path):
-    from magicfuse_core.checkpoint import save_component
     from magicfuse_core.data import holdout_frames
     from training import frame_seg
 
-    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
-    save_component(build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1}}), tmp_path / "m",
-                   "fusion", dtype=torch.float32)
-    cfg = frame_seg_config(tmp_path, tmp_path / "m", "run")
+    cfg = three_frame_seg_run(tmp_path)
     with pytest.raises(ValueError, match="frame_seg.ema"):
         frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=1.0"])
     summary = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "frame_seg.ema=0.5",
