@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from magicfuse_core.checkpoint import load_state_dict_strict
@@ -90,25 +91,29 @@ class FrameCache:
         self.frames, self.masks, self.meta, self.ir = frames, masks, meta, ir
 
     @classmethod
-    def build(cls, dataset, variants: int, log=print, progress: bool = True) -> "FrameCache":
-        frames, masks, ir = [], [], []
-        bar = tqdm(total=len(dataset) * variants, desc="frame cache", dynamic_ncols=True, disable=not progress)
-        for i in range(len(dataset)):
-            per_frame = []
-            for v in range(variants):
-                dataset.epoch = v  # variant v is what the dataset's epoch v draws for this frame
-                sample = dataset[i]
+    def build(cls, dataset, variants: int, log=print, progress: bool = True, workers: int = 0) -> "FrameCache":
+        """Degrade every frame `variants` times; `workers` DataLoader processes share the work (the frames
+        are the same with any number of them: a degradation is drawn from (seed, variant, frame))."""
+        n = len(dataset)
+        halves: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        masks, ir = [None] * n, [None] * n
+        bar = tqdm(total=n * variants, desc="frame cache", dynamic_ncols=True, disable=not progress)
+        for v in range(variants):
+            dataset.epoch = v  # variant v is what the dataset's epoch v draws for this frame
+            samples = DataLoader(dataset, batch_size=None, num_workers=workers) if workers else dataset
+            for i, sample in zip(range(n), samples):
                 half = F.avg_pool2d(sample["degraded"][None], 2)[0]  # what FrameSegHead.forward pools to
-                per_frame.append((half * 255).round().clamp(0, 255).to(torch.uint8))
+                halves[i].append((half * 255).round().clamp(0, 255).to(torch.uint8))
+                if v == 0:  # the mask and the IR are the same for every degradation
+                    masks[i] = sample["mask"].to(torch.uint8)
+                    grey_ir = F.avg_pool2d(sample["ir"][:1][None], 2)[0]
+                    ir[i] = (grey_ir * 255).round().clamp(0, 255).to(torch.uint8)
                 bar.update(1)
-            frames.append(torch.stack(per_frame))
-            masks.append(sample["mask"].to(torch.uint8))
-            grey_ir = F.avg_pool2d(sample["ir"][:1][None], 2)[0]  # the IR is the same for every degradation
-            ir.append((grey_ir * 255).round().clamp(0, 255).to(torch.uint8))
         bar.close()
-        log(f"frame cache: {len(frames)} frames x {variants} degradations")
-        return cls(torch.stack(frames), torch.stack(masks), {"names": list(dataset.names), "variants": variants,
-                                                             "seed": dataset.seed, "ir": True}, torch.stack(ir))
+        log(f"frame cache: {n} frames x {variants} degradations")
+        return cls(torch.stack([torch.stack(h) for h in halves]), torch.stack(masks),
+                   {"names": list(dataset.names), "variants": variants, "seed": dataset.seed, "ir": True},
+                   torch.stack(ir))
 
     def save(self, path: Path) -> None:
         save_cache_file(path, {"frames": self.frames, "masks": self.masks, "meta": self.meta, "ir": self.ir})
@@ -223,7 +228,8 @@ def holdout_logits(net: FusionNet, cache: FrameCache, frames: list[int]) -> torc
     """(len(frames), V, K, h, w): the head's scores for every cached degradation of the held-out frames, less
     its output bias (calibration moves only that bias, so the head runs once for all the shifts it tries)."""
     head = net.frame_seg
-    logits = [half_res_logits(net, cache.frames[i]) for i in frames]  # the V degradations as one batch
+    device = head.out.bias.device
+    logits = [half_res_logits(net, cache.frames[i].to(device)) for i in frames]  # the V degradations as one batch
     return torch.stack(logits) - head.out.bias[:, None, None]
 
 
@@ -239,7 +245,7 @@ def holdout_scores(net: FusionNet, cache: FrameCache, frames: list[int],
     total: dict[str, int] = {}
     for n, i in enumerate(frames):
         labels = class_labels(upsample_logits(unbiased_logits[n] + bias))
-        for k, v in mask_counts(labels, cache.masks[i].long().expand_as(labels)).items():
+        for k, v in mask_counts(labels, cache.masks[i].to(labels.device).long().expand_as(labels)).items():
             total[k] = total.get(k, 0) + v
     return segmentation_scores(total)
 
@@ -281,10 +287,16 @@ def main(argv=None) -> dict:
         ema_decay = -1.0
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"frame_seg.ema: a decay in [0, 1) (0: no average), got {p['ema']!r}")
+    if data["scale"] not in (None, 1, 1.0):
+        # the head would learn people at the training frames' size and meet them at the export's
+        # inference_size, data.scale times smaller
+        raise ValueError(f"frame_seg trains S on the training frames at their own size; data.scale is "
+                         f"{data['scale']!r}: set data.scale=1 (and export.inference_size: null) for a frame head")
     seed = int(run["seed"])
     if run["threads"]:
         torch.set_num_threads(int(run["threads"]))
-    ctx = setup_distributed("cpu")  # a small net: one CPU process
+    ctx = setup_distributed(run["device"])  # one process: a small net (on a GPU when there is one)
+    device = ctx.device
     run_root = repo_path(cfg["run_dir"])
     run_dir = run_root / "fusion"
     log = RunLogger(run_dir, ctx, tensorboard=run["tensorboard"])
@@ -305,6 +317,7 @@ def main(argv=None) -> dict:
     load_state_dict_strict(net, {**net.state_dict(), **kept}, f"frame_seg.init_fusion {p['init_fusion']}")
     net.requires_grad_(False)
     net.frame_seg.requires_grad_(True)
+    net.to(device)
     start = "started from its own" if p["keep_head"] else "new"
     log.info(f"S (frame, {start}) on {p['init_fusion']}: {sum(q.numel() for q in net.frame_seg.parameters()) / 1e3:.0f} k "
              f"trainable parameters, F's {trunk_params / 1e3:.0f} k frozen")
@@ -318,7 +331,8 @@ def main(argv=None) -> dict:
     cache = FrameCache.load(path) if path.is_file() else None
     if cache is None or cache.meta != want:
         log.info(f"building frame cache {path}")
-        cache = FrameCache.build(dataset, int(p["variants"]), log.info, progress=not args.no_progress)
+        cache = FrameCache.build(dataset, int(p["variants"]), log.info, progress=not args.no_progress,
+                                 workers=int(data["num_workers"] or 0))
         cache.save(path)
     train_frames = sorted(set(range(n_frames)) - set(held_out))
     log.info(f"{len(train_frames)} training frames x {cache.meta['variants']} degradations; {len(held_out)} held-out "
@@ -327,7 +341,7 @@ def main(argv=None) -> dict:
     # ---- train -----------------------------------------------------------------------------------
     weights = seg_class_weights(p["class_weights"])
     # the infrared readout trains with the head and is kept in the checkpoint (to resume), never exported
-    ir_readout = torch.nn.Conv2d(net.frame_seg.out.in_channels, 1, 1) if ir_weight else None
+    ir_readout = torch.nn.Conv2d(net.frame_seg.out.in_channels, 1, 1).to(device) if ir_weight else None
     trained_params = list(net.frame_seg.parameters()) + (list(ir_readout.parameters()) if ir_readout else [])
     optimizer = torch.optim.AdamW(trained_params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
     max_steps = int(p["max_steps"])
@@ -369,6 +383,7 @@ def main(argv=None) -> dict:
         step += 1
         x, target = crop_batch(cache, train_frames, int(p["batch_size"]), crop, jitter, float(p["person_crop_prob"]),
                                step_generator(seed, step, 0), zoom, paste_prob)
+        x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         x, ir = x[:, :3], x[:, 3:]
         features = net.frame_seg.features_half(x)
         logits = net.frame_seg.out(features)

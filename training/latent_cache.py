@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from magicfuse_core.models.autoencoder import Autoencoder
 from training.config import repo_path
@@ -38,27 +39,27 @@ class LatentCache:
         ds = make_dataset(data_cfg, seed, augment=False)
         scale = float(data_cfg.get("scale") or 1.0)
         variants = int(data_cfg.get("cache_variants", 2))
+        workers = int(data_cfg.get("num_workers") or 0)  # degrading frames is CPU work: worker processes share it
         device = next(ae.parameters()).device
-        out = {"clean": [], "ir": [], "degraded": [], "masks": []}
+        n = len(ds)
+        out = {"clean": [None] * n, "ir": [None] * n, "degraded": [[] for _ in range(n)], "masks": [None] * n}
         start = time.time()
-        for index in range(len(ds)):
-            per_variant = []
-            for v in range(variants):
-                ds.set_epoch(v)
-                sample = ds[index]
+        for v in range(variants):
+            ds.set_epoch(v)  # the same samples with any number of workers: drawn from (seed, variant, frame)
+            samples = DataLoader(ds, batch_size=None, num_workers=workers) if workers else ds
+            for index, sample in zip(range(n), samples):
                 g = torch.Generator().manual_seed(seed * 7919 + index * 31 + v)
                 if v == 0:
                     pair = resize_images(torch.stack([sample["clean"], sample["ir"]]).to(device), scale)
                     clean_ir = encode(ae, pair, g).half().cpu()
-                    mask = resize_mask(sample["mask"][None], pair.shape[-2:])[0].to(torch.uint8)
+                    out["clean"][index], out["ir"][index] = clean_ir[0], clean_ir[1]
+                    out["masks"][index] = resize_mask(sample["mask"][None], pair.shape[-2:])[0].to(torch.uint8)
                 degraded = resize_images(sample["degraded"][None].to(device), scale)
-                per_variant.append(encode(ae, degraded, g)[0].half().cpu())
-            out["clean"].append(clean_ir[0])
-            out["ir"].append(clean_ir[1])
-            out["degraded"].append(torch.stack(per_variant))
-            out["masks"].append(mask)
-            if index % 25 == 0 or index == len(ds) - 1:
-                log(f"latent cache {index + 1}/{len(ds)} frames ({time.time() - start:.0f} s)")
+                out["degraded"][index].append(encode(ae, degraded, g)[0].half().cpu())
+                done = v * n + index + 1
+                if done % 25 == 0 or done == n * variants:
+                    log(f"latent cache {done}/{n * variants} encodings ({time.time() - start:.0f} s)")
+        out["degraded"] = [torch.stack(per_variant) for per_variant in out["degraded"]]
         tensors = {k: torch.stack(v) for k, v in out.items()}
         meta = {"names": ds.names, "scale": scale, "variants": variants, "seed": seed,
                 "root": str(data_cfg["root"]), "split": data_cfg.get("split", "train"),
