@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch==2.13.0 (CPU) comes from the machine's local wheel folder when it has one.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: demo test venv clean
+.PHONY: demo test train-gpu venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Every training stage on one GPU in at most 8 minutes (docs/TRAINING.md, "One command on a GPU").
+train-gpu: $(STAMP)
+	$(BIN)/python -m training.recipe --config training/configs/h200_8min.yaml --out models/h200
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -22,8 +22,9 @@ from magicfuse_core.color import luma
 from magicfuse_core.evaluation.metrics import ir_similarity
 from magicfuse_core.pipeline import images_to_uint8
 from training.builders import build_autoencoder
-from training.config import load_config, repo_path
+from training.config import RUN_DEFAULTS, load_config, repo_path, with_defaults
 from training.data import make_dataset
+from training.distributed import setup_distributed
 
 
 def grey_u8(images: torch.Tensor) -> np.ndarray:
@@ -52,13 +53,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--candidates", type=int, default=16, help="training frames tried as the tone")
     parser.add_argument("--score-frames", type=int, default=12, help="other training frames each tone is scored on")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
     args = parser.parse_args(argv)
     if args.candidates < 1 or args.score_frames < 1:
         parser.error("--candidates and --score-frames must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [])
-    ae = build_autoencoder(cfg["autoencoder"]).eval()
+    cfg = load_config(args.config, args.set)
+    device = setup_distributed(with_defaults(cfg, RUN_DEFAULTS)["device"]).device  # the decodes: on a GPU if any
+    ae = build_autoencoder(cfg["autoencoder"]).eval().to(device)
     dataset = make_dataset(cfg["data"], seed=int(cfg.get("seed", 0)), augment=False)  # the training split only
     n = len(dataset)
     if n < 2:
@@ -71,8 +74,8 @@ def main(argv=None) -> dict:
 
     def encoded(i: int) -> tuple[torch.Tensor, np.ndarray]:
         ir = dataset[i]["ir"][None]
-        noise = torch.randn(ae.encoder.noise_shape(ir), generator=g)
-        return ae.encode(ir, noise=noise), grey_u8(ir)[0]
+        noise = torch.randn(ae.encoder.noise_shape(ir), generator=g)  # drawn on the CPU: the same tone anywhere
+        return ae.encode(ir.to(device), noise=noise.to(device)), grey_u8(ir)[0]
 
     with torch.no_grad():
         cands = [encoded(i)[0] for i in tqdm(candidate_ids, desc="encoding candidates")]
@@ -87,7 +90,7 @@ def main(argv=None) -> dict:
             "picked_by": f"python -m training.ckg_tone: highest mean PSNR of {len(score_ids)} other training frames' "
                          f"real infrared latents decoded in the tone, among {len(candidate_ids)} candidates",
             "psnr_db": round(float(scores[best]), 2), "psnr_db_worst_candidate": round(float(scores.min()), 2)}
-    set_ckg_tone(repo_path(args.model), cands[best], note)
+    set_ckg_tone(repo_path(args.model), cands[best].cpu(), note)
     print(f"CKG tone of {args.model}: {name}, {scores[best]:.2f} dB on {len(score_ids)} training frames "
           f"(candidates {scores.min():.2f} - {scores.max():.2f} dB)")
     return {"frame": name, "scores": scores.tolist(), "candidates": [dataset.names[i] for i in candidate_ids]}

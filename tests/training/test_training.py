@@ -2,6 +2,7 @@
 phase-2 gradient locality, a 2-process gloo run under torchrun, and the model export."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -385,6 +386,16 @@ def test_latent_cache_remakes_its_masks_when_the_mask_options_change(tmp_path):
     assert LatentCache.load(tmp_path / "latents.pt").meta["mask_options"]["silhouette_classes"] == [person]
 
 
+def test_latent_cache_is_the_same_built_by_worker_processes(workdir):
+    data = yaml.safe_load(write_config(workdir, workdir / "run").read_text())["data"]
+    ae = build_autoencoder({"config": {"channels": 8, "num_res_blocks": 1}, "seed": 0})
+    alone = LatentCache.build(data, ae, seed=0, log=lambda *_: None)
+    shared = LatentCache.build({**data, "num_workers": 2}, ae, seed=0, log=lambda *_: None)
+    for name in ("clean", "ir", "degraded", "masks"):
+        assert torch.equal(getattr(alone, name), getattr(shared, name)), name
+    assert alone.degraded.shape[1] == 2 and not torch.equal(alone.degraded[:, 0], alone.degraded[:, 1])
+
+
 def test_phase2_optimizer_is_sgd_by_default_and_adamw_on_request(workdir):
     runs = {}
     for kind in ("sgd", "adamw"):
@@ -586,6 +597,11 @@ def test_every_shipped_config_builds_its_networks(config):
         for component in ("ikr", "ckg"):
             assert build_unet(cfg[component]["unet"]).config.out_channels == 8
         assert build_fusion(cfg["fusion"]["net"]).config.num_classes == 9
+    if "recipe" in cfg:  # the one-command run: its stages and shares are valid, its frame head fits its data
+        from training.recipe import RECIPE_DEFAULTS, check_recipe
+        stages = check_recipe({**RECIPE_DEFAULTS, **cfg["recipe"]})
+        if "frame_seg" in stages:
+            assert cfg["data"].get("scale") in (None, 1, 1.0) and not cfg["export"].get("inference_size")
 
 
 def test_object_centred_crops_show_the_thermal_target():
@@ -903,6 +919,44 @@ def test_frame_seg_refuses_a_missing_fusion_net_a_holdout_without_training_frame
         frame_seg.FrameCache.load(tmp_path / "bad.pt")
 
 
+def test_frame_cache_is_the_same_built_by_worker_processes(tmp_path):
+    from training import frame_seg
+    from training.data import make_dataset as dataset_of
+
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    data = yaml.safe_load(write_config(tmp_path, tmp_path / "run").read_text())["data"]
+    alone = frame_seg.FrameCache.build(dataset_of(data, 0, augment=False), 2, log=lambda _: None, progress=False)
+    shared = frame_seg.FrameCache.build(dataset_of(data, 0, augment=False), 2, log=lambda _: None, progress=False,
+                                        workers=2)
+    assert alone.meta == shared.meta
+    for a, b in ((alone.frames, shared.frames), (alone.masks, shared.masks), (alone.ir, shared.ir)):
+        assert torch.equal(a, b)
+    assert not torch.equal(alone.frames[:, 0], alone.frames[:, 1])  # two degradations, not one twice
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_frame_seg_trains_calibrates_and_resumes_on_cuda(tmp_path):
+    # the head, its crops and the held-out scoring run on the GPU; the checkpoint is read back on the CPU
+    from training import frame_seg
+
+    cfg = three_frame_seg_run(tmp_path)
+    summary = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "device=cuda"])
+    assert summary["step"] == 4 and 0.0 <= summary["holdout"]["person_IoU"] <= 1.0
+    assert load_trained_module(tmp_path / "run/fusion/last.pt").config.seg_head == "frame"
+    again = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "device=cuda"])
+    assert again["step"] == 4 and "calibration" not in again
+
+
+def test_frame_seg_refuses_scaled_training_frames(tmp_path):
+    from training import frame_seg
+
+    cfg = three_frame_seg_run(tmp_path)
+    with pytest.raises(ValueError, match="data.scale"):  # the head would meet people at another size
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--set", "data.scale=0.5"])
+    assert not (tmp_path / "run" / "frames.pt").exists()
+
+
 def test_frame_seg_keep_head_fine_tunes_the_frame_head_it_starts_from_and_refuses_another_head(tmp_path):
     from magicfuse_core.checkpoint import save_component
     from training import frame_seg
@@ -1066,3 +1120,78 @@ def test_frame_seg_ema_keeps_the_average_of_the_heads_weights_calibrated(tmp_pat
                                       holdout_frames(3, 1))
     for k in ("person_IoU", "outside_object_fraction"):  # the exported head scores what calibration picked
         assert scores[k] == pytest.approx(picked[k], nan_ok=True)
+
+
+# ---------------------------------------------------------------------------- the one-command recipe
+
+def recipe_config(tmp_path, **recipe) -> Path:
+    """Three frames, a latent cache and every recipe stage at a few steps each."""
+    (tmp_path / "data").symlink_to(make_dataset(tmp_path / "three", n=3))
+    return write_config(tmp_path, tmp_path / "run", **{
+        "data.latent_cache": str(tmp_path / "latents.pt"), "data.latent_crop": [4, 4], "data.scale": 1.0,
+        "data.silhouette_classes": ["person"], "phase1.max_steps": 2, "phase2.max_steps": 2,
+        "export": {"inference_size": None, "dtype": "float32", "timesteps": [800]},
+        "frame_seg": {"seg_channels": 8, "variants": 2, "holdout": 1, "batch_size": 2, "crop": [16, 16],
+                      "max_steps": 2, "eval_every": 2, "log_every": 2, "max_outside": 1.0},
+        "recipe": {"tone_candidates": 1, "tone_frames": 1, **recipe}})
+
+
+def test_recipe_trains_exports_and_tones_a_model_in_one_command_and_resumes_where_it_stopped(tmp_path):
+    from magicfuse_core.pipeline import MagicFusePipeline
+    from training import frame_seg, phase1, recipe
+
+    cfg = recipe_config(tmp_path)
+    real_frame_seg = frame_seg.main
+    with pytest.MonkeyPatch.context() as mp:  # stopped in the frame head's stage
+        mp.setattr(frame_seg, "main", lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            recipe.main(["--config", str(cfg), "--out", str(tmp_path / "model"), "--no-progress"])
+    state = json.loads((tmp_path / "run/recipe.json").read_text())
+    assert list(state["stages"]) == ["latents", "ikr", "ckg", "fusion"]
+    assert (tmp_path / "run/phase2/fusion/last.pt").is_file() and not (tmp_path / "run/fusion").exists()
+
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:  # started again: the finished stages do not run again
+        mp.setattr(phase1, "main", lambda argv: calls.append(argv))
+        mp.setattr(frame_seg, "main", lambda argv: calls.append(argv) or real_frame_seg(argv))
+        summary = recipe.main(["--config", str(cfg), "--out", str(tmp_path / "model"), "--no-progress"])
+    assert len(calls) == 1 and f"frame_seg.init_fusion={tmp_path / 'run/phase2/fusion/last.pt'}" in calls[0]
+    assert list(summary["stages"]) == list(recipe.STAGES)
+
+    model = load_model(tmp_path / "model")
+    assert model.fusion.config.seg_head == "frame" and model.ckg_tone == "reference"
+    assert list(model.schedule.timesteps) == [800]
+    assert model.info["recipe"]["stages_min"].keys() == set(recipe.STAGES)
+    assert model.info["profile"]["fusion"]["config"]["seg_head"] == "frame"
+    frame = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    result = MagicFusePipeline(model)([frame], outputs=("magimg", "ckg", "seg"))
+    assert result.magimg[0].shape == (48, 48, 3) and result.seg_labels[0].shape == (48, 48)
+
+
+def test_recipe_splits_what_is_left_of_its_budget_among_the_training_stages(tmp_path):
+    from training import recipe
+
+    shares = {"ikr": 1, "ckg": 2, "fusion": 1, "frame_seg": 1}
+    stages = ["ikr", "ckg", "fusion", "frame_seg", "export", "ckg_tone"]
+    assert recipe.allot_minutes("ikr", stages, shares, 8.0, 1.0, 0.5) == pytest.approx(6.5 / 5)
+    # a slow start shrinks the later stages instead of overrunning the budget
+    assert recipe.allot_minutes("ckg", stages[1:], shares, 8.0, 5.0, 0.5) == pytest.approx(2.5 * 2 / 4)
+    assert recipe.allot_minutes("fusion", stages[2:], shares, 8.0, 9.0, 0.5) == recipe.MIN_STAGE_MIN
+    assert recipe.allot_minutes("ikr", stages, shares, 0, 1.0, 0.5) is None  # no budget: the stage's own
+
+    cfg = recipe_config(tmp_path, budget_min=1.0, reserve_min=0.2, stages=["ikr", "ckg"])
+    seen = []
+    from training import phase1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(phase1, "main", lambda argv: seen.append(argv))
+        summary = recipe.main(["--config", str(cfg), "--out", str(tmp_path / "model"), "--no-progress"])
+    budgets = [float(a.split("=")[1]) for argv in seen for a in argv if "time_budget_min=" in a]
+    assert budgets[0] == pytest.approx(0.4, abs=0.01)  # half of (1.0 - 0.2), ikr and ckg share alike
+    ikr_spent = summary["stages"]["ikr"]["wall_s"] / 60  # what ikr left unused goes to ckg, the last one
+    assert budgets[1] == pytest.approx(0.8 - ikr_spent, abs=0.01)
+    with pytest.raises(ValueError, match="recipe.stages"):
+        recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.stages=[ckg, ikr]"])
+    with pytest.raises(ValueError, match="recipe.stages: unknown"):
+        recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.stages=[phase3]"])
+    with pytest.raises(ValueError, match="recipe.shares.ckg"):
+        recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.shares={ikr: 1}"])
