@@ -94,8 +94,14 @@ def main(argv=None) -> dict:
     out = repo_path(args.out)
     run.mkdir(parents=True, exist_ok=True)
     state_path = run / "recipe.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() and not args.fresh else {}
-    done: dict = state.get("stages", {})
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() and not args.fresh else {}
+        done: dict = dict(state.get("stages", {}))
+        if not all(isinstance(v, dict) and "wall_s" in v for v in done.values()):
+            raise ValueError("a stage without its time")
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{state_path} is not a recipe record ({exc!r}): start with --fresh to forget it (the "
+                         "stages resume from their checkpoints)") from exc
     if state.get("out") != str(out):  # another model folder: export (and tone) it there too
         done = {k: v for k, v in done.items() if k not in ("export", "ckg_tone")}
     state = {"config": str(args.config), "set": list(args.set), "out": str(out), "budget_min": budget, "stages": done}

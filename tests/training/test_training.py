@@ -1193,5 +1193,12 @@ def test_recipe_splits_what_is_left_of_its_budget_among_the_training_stages(tmp_
         recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.stages=[ckg, ikr]"])
     with pytest.raises(ValueError, match="recipe.stages: unknown"):
         recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.stages=[phase3]"])
+    (tmp_path / "run" / "recipe.json").write_text("{truncated")  # a broken record: a clear way out, nothing lost
+    with pytest.raises(ValueError, match="--fresh"):
+        recipe.main(["--config", str(cfg), "--out", str(tmp_path / "model"), "--no-progress"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(phase1, "main", lambda argv: seen.append(argv))
+        assert set(recipe.main(["--config", str(cfg), "--out", str(tmp_path / "model"), "--no-progress",
+                                "--fresh"])["stages"]) == {"ikr", "ckg"}
     with pytest.raises(ValueError, match="recipe.shares.ckg"):
         recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.shares={ikr: 1}"])
