@@ -67,6 +67,8 @@ FRAME_SEG_DEFAULTS = {
     "paste_prob": 0.0,            # share of crops that get another frame's person pixels pasted in (copy-paste)
     "ir_readout": 0.0,            # weight of the infrared readout's loss (0: none); dense thermal supervision
     "ema": 0.0,                   # decay of an average of the head's weights that is scored and kept (0: none)
+    "teachers": [],               # trained frame heads (last.pt or fusion.safetensors) whose averaged scores S learns
+    "distill": 0.0,               # weight of that loss (KL to the teachers' mean log-probabilities; 0: none)
     "lr": 2.0e-3,
     "weight_decay": 1.0e-4,
     "class_weights": [1, 2, 4, 3, 1, 1, 1, 1, 1],  # unlabelled, car, person, bike, ...; calibration moves it back
@@ -223,6 +225,13 @@ def infrared_readout_loss(predicted: torch.Tensor, ir: torch.Tensor) -> torch.Te
     return (centred(predicted) - centred(target)).abs().mean()
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Per-pixel KL from the teachers' averaged distribution (the mean of their log-probabilities, renormalised:
+    how an average of heads was scored, docs/TRAINING.md) to the student's."""
+    target = torch.stack([t.float().log_softmax(1) for t in teacher_logits]).mean(0).log_softmax(1)
+    return (target.exp() * (target - logits.float().log_softmax(1))).sum(1).mean()
+
+
 @torch.no_grad()
 def holdout_logits(net: FusionNet, cache: FrameCache, frames: list[int]) -> torch.Tensor:
     """(len(frames), V, K, h, w): the head's scores for every cached degradation of the held-out frames, less
@@ -292,6 +301,13 @@ def main(argv=None) -> dict:
         # inference_size, data.scale times smaller
         raise ValueError(f"frame_seg trains S on the training frames at their own size; data.scale is "
                          f"{data['scale']!r}: set data.scale=1 (and export.inference_size: null) for a frame head")
+    try:
+        distill = float(p["distill"] or 0)
+    except (TypeError, ValueError):
+        distill = -1.0
+    if not 0.0 <= distill < float("inf") or (distill > 0) != bool(p["teachers"]):
+        raise ValueError(f"frame_seg.distill: a loss weight > 0 with frame_seg.teachers named (0 without), got "
+                         f"{p['distill']!r} with teachers {p['teachers']!r}")
     seed = int(run["seed"])
     if run["threads"]:
         torch.set_num_threads(int(run["threads"]))
@@ -321,6 +337,12 @@ def main(argv=None) -> dict:
     start = "started from its own" if p["keep_head"] else "new"
     log.info(f"S (frame, {start}) on {p['init_fusion']}: {sum(q.numel() for q in net.frame_seg.parameters()) / 1e3:.0f} k "
              f"trainable parameters, F's {trunk_params / 1e3:.0f} k frozen")
+
+    teachers = [load_trained_module(repo_path(t)).to(device) for t in p["teachers"] or []]
+    for t, name in zip(teachers, p["teachers"] or []):
+        if t.config.seg_head != "frame":
+            raise ValueError(f"frame_seg.teachers: {name} has S {t.config.seg_head!r}, not a frame head")
+        t.requires_grad_(False)
 
     # ---- frames ----------------------------------------------------------------------------------
     dataset = make_dataset(data, seed, augment=False)
@@ -390,6 +412,10 @@ def main(argv=None) -> dict:
         loss = segmentation_loss(logits, target, class_weights=weights)
         if ir_readout is not None:
             loss = loss + ir_weight * infrared_readout_loss(ir_readout(features), ir)
+        if teachers:  # the same crop through every teacher: their average is the soft target
+            with torch.no_grad():
+                taught = [half_res_logits(t, x) for t in teachers]
+            loss = loss + distill * distillation_loss(logits, taught)
         if float(p["person_dice"]):
             up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = loss + float(p["person_dice"]) * person_dice_loss(up, target)

@@ -1202,3 +1202,37 @@ def test_recipe_splits_what_is_left_of_its_budget_among_the_training_stages(tmp_
                                 "--fresh"])["stages"]) == {"ikr", "ckg"}
     with pytest.raises(ValueError, match="recipe.shares.ckg"):
         recipe.main(["--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "recipe.shares={ikr: 1}"])
+
+
+def test_frame_seg_learns_from_teacher_heads_and_refuses_teachers_that_are_not_frame_heads(tmp_path):
+    from magicfuse_core.checkpoint import save_component
+    from training import frame_seg
+
+    a, b = torch.randn(2, 9, 4, 4), torch.randn(2, 9, 4, 4)
+    mean = (a.log_softmax(1) + b.log_softmax(1)) / 2
+    assert float(frame_seg.distillation_loss(mean, [a, b])) < 1e-5  # the teachers' average: nothing to learn
+    assert float(frame_seg.distillation_loss(a, [a, b])) > 1e-3
+    student = a.clone().requires_grad_(True)
+    frame_seg.distillation_loss(student, [a, b]).backward()
+    assert student.grad.abs().sum() > 0  # a loss the student learns from, not a constant
+
+    cfg = three_frame_seg_run(tmp_path)
+    teacher = build_fusion({"profile": "tiny", "config": {"channels": 16, "num_blocks": 1, "seg_head": "frame",
+                                                          "seg_channels": 8}})
+    with torch.no_grad():
+        teacher.frame_seg.out.bias[2] = 8.0  # a teacher that calls everything person
+    save_component(teacher, tmp_path / "teacher", "fusion", dtype=torch.float32)
+    taught = ["--config", str(cfg), "--no-progress", "--set", "frame_seg.distill=1.0",
+              f"frame_seg.teachers=[{tmp_path / 'teacher' / 'fusion.safetensors'}]"]
+    with_teacher = frame_seg.main(taught)
+    alone = frame_seg.main(["--config", str(cfg), "--no-progress", "--set", f"run_dir={tmp_path / 'alone'}",
+                            f"frame_seg.frame_cache={tmp_path / 'run' / 'frames.pt'}"])
+    assert with_teacher["step"] == alone["step"] == 4
+    a_head = load_trained_module(tmp_path / "run/fusion/last.pt").frame_seg.state_dict()
+    b_head = load_trained_module(tmp_path / "alone/fusion/last.pt").frame_seg.state_dict()
+    assert any(not torch.equal(a_head[k], b_head[k]) for k in a_head)  # the teacher's loss reached the weights
+    with pytest.raises(ValueError, match="frame_seg.distill"):  # a weight without teachers
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--fresh", "--set", "frame_seg.distill=1.0"])
+    with pytest.raises(ValueError, match="not a frame head"):
+        frame_seg.main(["--config", str(cfg), "--no-progress", "--fresh", "--set", "frame_seg.distill=1.0",
+                        f"frame_seg.teachers=[{tmp_path / 'm' / 'fusion.safetensors'}]"])
