@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from magicfuse_core.data import PairedFolderDataset
 from magicfuse_core.models.autoencoder import Autoencoder
@@ -18,6 +19,15 @@ def make_dataset(data_cfg: dict, seed: int, augment: bool = True, split: str | N
         degradation=data_cfg.get("degradation", "random"), seed=seed,
         det_subdir=data_cfg.get("det_subdir", "infrared"), outside_box_label=data_cfg.get("outside_box_label", 0),
         silhouette_classes=data_cfg.get("silhouette_classes") or ())
+
+
+def variant_samples(dataset: PairedFolderDataset, variant: int, workers: int = 0):
+    """Every frame of `dataset` in order, as its epoch `variant` draws it (the seeded degradation number
+    `variant` of each frame), loaded by `workers` DataLoader processes: the same samples with any number of them,
+    since each is drawn from (seed, variant, frame). What the latent and frame caches are built from."""
+    dataset.set_epoch(variant)
+    samples = DataLoader(dataset, batch_size=None, num_workers=workers) if workers else dataset
+    return zip(range(len(dataset)), samples)
 
 
 def mask_options(data_cfg: dict) -> dict:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from magicfuse_core.checkpoint import load_state_dict_strict
@@ -42,7 +41,7 @@ from magicfuse_core.palette import IGNORE_INDEX
 from training.builders import build_fusion
 from training.checkpoints import load_checkpoint, load_trained_module, save_checkpoint
 from training.config import DATA_DEFAULTS, RUN_DEFAULTS, load_config, repo_path, with_defaults
-from training.data import make_dataset
+from training.data import make_dataset, variant_samples
 from training.distributed import setup_distributed
 from training.ema import EMA
 from training.latent_cache import load_cache_file, object_centred_window, save_cache_file
@@ -94,16 +93,13 @@ class FrameCache:
 
     @classmethod
     def build(cls, dataset, variants: int, log=print, progress: bool = True, workers: int = 0) -> "FrameCache":
-        """Degrade every frame `variants` times; `workers` DataLoader processes share the work (the frames
-        are the same with any number of them: a degradation is drawn from (seed, variant, frame))."""
+        """Degrade every frame `variants` times (`variant_samples`: `workers` processes share the work)."""
         n = len(dataset)
         halves: list[list[torch.Tensor]] = [[] for _ in range(n)]
         masks, ir = [None] * n, [None] * n
         bar = tqdm(total=n * variants, desc="frame cache", dynamic_ncols=True, disable=not progress)
         for v in range(variants):
-            dataset.epoch = v  # variant v is what the dataset's epoch v draws for this frame
-            samples = DataLoader(dataset, batch_size=None, num_workers=workers) if workers else dataset
-            for i, sample in zip(range(n), samples):
+            for i, sample in variant_samples(dataset, v, workers):
                 half = F.avg_pool2d(sample["degraded"][None], 2)[0]  # what FrameSegHead.forward pools to
                 halves[i].append((half * 255).round().clamp(0, 255).to(torch.uint8))
                 if v == 0:  # the mask and the IR are the same for every degradation

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from magicfuse_core.models.autoencoder import Autoencoder
 from training.config import repo_path
-from training.data import encode, make_dataset, mask_options, resize_images, resize_mask
+from training.data import encode, make_dataset, mask_options, resize_images, resize_mask, variant_samples
 from training.distributed import Dist, barrier
 
 
@@ -45,9 +44,7 @@ class LatentCache:
         out = {"clean": [None] * n, "ir": [None] * n, "degraded": [[] for _ in range(n)], "masks": [None] * n}
         start = time.time()
         for v in range(variants):
-            ds.set_epoch(v)  # the same samples with any number of workers: drawn from (seed, variant, frame)
-            samples = DataLoader(ds, batch_size=None, num_workers=workers) if workers else ds
-            for index, sample in zip(range(n), samples):
+            for index, sample in variant_samples(ds, v, workers):
                 g = torch.Generator().manual_seed(seed * 7919 + index * 31 + v)
                 if v == 0:
                     pair = resize_images(torch.stack([sample["clean"], sample["ir"]]).to(device), scale)
